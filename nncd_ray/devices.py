@@ -1,0 +1,43 @@
+"""Device and dtype choice in one place: ``auto | cpu | cuda``, never ``cuda:N``.
+
+On a Ray GPU actor, Ray sets ``CUDA_VISIBLE_DEVICES`` so plain ``cuda`` is the actor's own GPU.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from nncd_ray.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+DtypeName = Literal["auto", "fp32", "bf16", "fp16"]
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DTYPES: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when a GPU is visible, else CPU; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if name not in DEVICES:
+        raise ConfigError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but torch sees no CUDA GPU here")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on GPU (weights only: log-softmax stays float32) and fp32 on CPU."""
+    import torch
+
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]

@@ -1,0 +1,71 @@
+"""One exception hierarchy for the whole project.
+
+Every error a user can cause derives from :class:`NNCDError`; the CLI turns these into one line on
+stderr and exit code 2. Each class also mixes in the closest built-in so that callers who catch
+``ValueError`` or ``FileNotFoundError`` keep working.
+"""
+
+from __future__ import annotations
+
+
+class NNCDError(Exception):
+    """Base class of every error nncd_ray raises on purpose."""
+
+
+class InputError(NNCDError, ValueError):
+    """The documents given cannot be used (empty, invalid UTF-8, duplicate ids, missing fields)."""
+
+
+class DatasetNotFound(InputError, FileNotFoundError):
+    """A dataset path or name does not exist."""
+
+
+class ConfigError(NNCDError, ValueError):
+    """An option or combination of options is invalid."""
+
+
+class UnknownCompressor(ConfigError, KeyError):
+    """A compressor name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelNotFound(NNCDError, FileNotFoundError):
+    """A model path that does not exist, or a hub id that cannot be loaded offline."""
+
+
+class DocumentTooLong(InputError):
+    """A document exceeds the context and the truncation policy says to refuse it."""
+
+
+class StoreError(NNCDError, OSError):
+    """A matrix store cannot be opened, read or written."""
+
+
+class StoreNotFound(StoreError, FileNotFoundError):
+    """No matrix store at the given location."""
+
+
+class StoreMismatch(StoreError):
+    """An existing store was computed with another configuration; resuming it is refused."""
+
+
+class StoreLocked(StoreError):
+    """Another live driver holds the store's lease."""
+
+
+class IncompleteMatrix(StoreError):
+    """The matrix has tiles that are not computed yet."""
+
+
+class ClusterError(NNCDError, RuntimeError):
+    """The Ray cluster cannot provide what the job asks for."""
+
+
+class TileFailed(NNCDError, RuntimeError):
+    """One or more tiles failed after every allowed attempt."""
+
+
+class CodecError(NNCDError, ValueError):
+    """A compressed file is truncated, corrupted, or was made with another model."""
