@@ -1,0 +1,112 @@
+"""``nncd study``: compression vs accuracy of several compressors on one benchmark split.
+
+    nncd study --protocol agnews-small --data ../shared/data/agnews/test.csv \\
+        --compressors gzip,bz2,lzma,zstd,lm --out runs/study-small
+
+For each compressor: the matrix (computed, or resumed from ``OUT/<compressor>.zarr``), the k-NN
+report, then one table (bits per byte, accuracy and macro-F1 per k, pairs/s) as ``study.json`` and
+``study.md``, and PNG plots when matplotlib is installed. ``lm`` is the embedded model;
+``lm:MODEL`` a model directory or hub id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from nncd_ray.cli.knn import parse_ks
+from nncd_ray.errors import ConfigError
+from nncd_ray.ncd import VARIANTS
+from nncd_ray.protocols import DATA_ENV, PROTOCOLS, default_data_path
+from nncd_ray.study import StudyConfig, parse_compressors, run_study
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "study",
+        help="compression vs accuracy of several compressors on a benchmark split",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--protocol", required=True, choices=sorted(PROTOCOLS), help="split of PROTOCOL.md"
+    )
+    parser.add_argument(
+        "--data",
+        metavar="PATH",
+        help=f"AG News test.csv or its folder (default: ${DATA_ENV}, else "
+        "../shared/data/agnews/test.csv)",
+    )
+    parser.add_argument(
+        "--compressors",
+        default="gzip,bz2,lzma,zstd",
+        metavar="LIST",
+        help="comma-separated: gzip, bz2, lzma, zstd, lm, lm:MODEL (default gzip,bz2,lzma,zstd)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--k", type=parse_ks, default=(1, 3, 5, 7), metavar="K,…", help="neighbours (1,3,5,7)"
+    )
+    parser.add_argument("--variant", choices=VARIANTS, default="ncd", help="NCD variant (ncd)")
+    parser.add_argument(
+        "--executor", choices=("local", "ray"), default="local", help="matrix engine (local)"
+    )
+    parser.add_argument(
+        "--actors", type=_positive, default=1, metavar="N", help="scorer actors for ray (1)"
+    )
+    parser.add_argument("--address", metavar="ADDR", help="Ray cluster to join (ray executor)")
+    parser.add_argument(
+        "--tile", type=_positive, default=64, metavar="T", help="tile edge in documents (64)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_const",
+        const=True,
+        default=None,
+        help="show the matrix progress bar (default: when stderr is a terminal)",
+    )
+    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    data = args.data or default_data_path()
+    if data is None:
+        raise ConfigError(
+            f"--protocol {args.protocol} needs the AG News test.csv: pass --data PATH or set "
+            f"{DATA_ENV}"
+        )
+    result = run_study(
+        StudyConfig(
+            protocol=args.protocol,
+            data=str(data),
+            compressors=parse_compressors(args.compressors),
+            out=args.out,
+            ks=tuple(args.k),
+            variant=args.variant,
+            tile=args.tile,
+            executor=args.executor,
+            actors=args.actors,
+            address=args.address,
+            progress=sys.stderr.isatty() if args.progress is None else args.progress,
+            plots=not args.no_plots,
+        )
+    )
+    print(result.to_markdown(), end="")
+    if result.plots_skipped and not args.no_plots:
+        print(f"nncd study: plots skipped: {result.plots_skipped}", file=sys.stderr)
+    return 0

@@ -1,0 +1,377 @@
+"""k-nearest-neighbour classification over a block of distances: pure numpy.
+
+The rule (``shared/bench/PROTOCOL.md``), exactly:
+
+- neighbours of a query are the references in ascending order of ``(distance, reference index)``;
+  the order is total, so equal distances are resolved by the lower reference index;
+- a NaN distance is never a neighbour (a cell not computed, or the diagonal in leave-one-out);
+- the prediction is the majority label of the first ``k`` neighbours; a tie between classes goes to
+  the tied class whose nearest member comes first in that order. Never "top-2" (counting a query
+  correct when any tied class is right).
+
+Top-k uses a partial sort (:func:`numpy.argpartition`, O(n) per row) for the largest ``k`` once;
+only the ``k`` chosen are then ordered, and every smaller ``k`` reuses the same neighbours. The
+rare rows where equal distances straddle the k-th place are redone exactly with a stable sort of the
+tied candidates, so that the result never depends on argpartition's internal order.
+
+Labels are handled as integer codes into a fixed label order (:class:`LabelCodec`); ``-1`` marks "no
+neighbour" / "no prediction" (a query whose every distance is NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from nncd_ray.errors import ConfigError, InputError
+
+# a code that is not a class: no neighbour, or no prediction
+NO_LABEL = -1
+
+
+def _label_sort_key(label: Hashable) -> tuple[int, float, str]:
+    """Numbers first in numeric order, then everything else by its string (ints and strs never mix
+    in one input, but the order must be total anyway)."""
+    if isinstance(label, bool | int | float | np.integer | np.floating):
+        return (0, float(label), "")
+    return (1, 0.0, str(label))
+
+
+def _plain(label: object) -> Hashable:
+    """numpy scalars -> Python ``int``/``float``/``str`` (JSON-able, hashable, comparable)."""
+    if isinstance(label, np.generic):
+        value = label.item()
+        return value if isinstance(value, Hashable) else str(value)
+    if isinstance(label, Hashable):
+        return label
+    raise InputError(f"label {label!r} is not hashable")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelCodec:
+    """A fixed label order; ``codes`` maps labels to ``0..n-1`` in that order."""
+
+    labels: tuple[Hashable, ...]
+
+    @classmethod
+    def from_labels(cls, *label_sets: Iterable[object]) -> LabelCodec:
+        """The sorted union of the labels given (numbers numerically, strings lexicographically)."""
+        seen = {_plain(label) for labels in label_sets for label in labels}
+        return cls(labels=tuple(sorted(seen, key=_label_sort_key)))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def encode(self, labels: Iterable[object]) -> NDArray[np.int64]:
+        """``(n,) int64`` codes; a label outside the order is an :class:`InputError`."""
+        index = {label: code for code, label in enumerate(self.labels)}
+        out: list[int] = []
+        for label in labels:
+            try:
+                out.append(index[_plain(label)])
+            except KeyError:
+                raise InputError(f"label {label!r} is not one of {list(self.labels)}") from None
+        return np.asarray(out, dtype=np.int64).reshape(len(out))
+
+    def decode(self, codes: ArrayLike) -> list[Hashable | None]:
+        """Labels of ``codes``; :data:`NO_LABEL` becomes ``None``."""
+        return [None if int(c) < 0 else self.labels[int(c)] for c in np.asarray(codes).ravel()]
+
+
+def check_ks(ks: Iterable[int], n_candidates: int | None = None) -> tuple[int, ...]:
+    """Validated, sorted, de-duplicated ``k`` values; each must be at least 1 and at most the number
+    of candidate neighbours (references, minus one in leave-one-out) when that is given."""
+    values: list[int] = []
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or int(k) < 1:
+            raise ConfigError(f"k must be a positive integer, not {k!r}")
+        values.append(int(k))
+    if not values:
+        raise ConfigError("give at least one k")
+    out = tuple(sorted(set(values)))
+    if n_candidates is not None and out[-1] > n_candidates:
+        raise ConfigError(
+            f"k={out[-1]} needs at least {out[-1]} candidate neighbours, but each query has only "
+            f"{n_candidates}; choose a smaller k"
+        )
+    return out
+
+
+def top_k_neighbours(
+    distances: ArrayLike,
+    k: int,
+    *,
+    diagonal_offset: int | None = None,
+    overwrite_input: bool = False,
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """The ``k`` nearest references of every query, in ``(distance, reference index)`` order.
+
+    ``distances``: ``(B, n_refs)`` (any float dtype; NaN = never a neighbour). ``diagonal_offset``:
+    for a row block of a square self-matrix, the global index of the block's first row; the cell
+    ``(b, diagonal_offset + b)`` (the query itself) is then excluded (leave-one-out).
+
+    Returns ``(indices (B, k) int64, distances (B, k) float64)``; where a row has fewer than ``k``
+    usable references the tail holds ``-1`` and NaN. ``overwrite_input``: a float64 array given
+    may be used as scratch space (saves one copy of the block; its contents are then undefined).
+    """
+    given = np.asarray(distances)
+    reuse = overwrite_input and given.dtype == np.float64 and given.ndim == 2
+    work = given if reuse and given.flags.writeable else np.array(given, np.float64, ndmin=2)
+    if work.ndim != 2:
+        raise InputError(f"distances must be a (queries, references) matrix, not {work.shape}")
+    n_rows, n_refs = work.shape
+    if k < 1:
+        raise ConfigError(f"k must be a positive integer, not {k}")
+    if diagonal_offset is not None:
+        rows = np.arange(n_rows)
+        cols = rows + diagonal_offset
+        inside = (cols >= 0) & (cols < n_refs)
+        work[rows[inside], cols[inside]] = np.nan
+    invalid = np.isnan(work)
+    # NaN sorts last (after +inf, which stays a legitimate if useless distance): use +inf as the
+    # partition key and the invalid flag as a secondary key wherever that matters
+    work[invalid] = np.inf
+    take = min(k, n_refs)
+    out_index = np.full((n_rows, k), -1, dtype=np.int64)
+    out_dist = np.full((n_rows, k), np.nan, dtype=np.float64)
+    if n_rows == 0 or n_refs == 0:
+        return out_index, out_dist
+
+    if take < n_refs:
+        chosen = np.argpartition(work, take - 1, axis=1)[:, :take]
+    else:
+        chosen = np.broadcast_to(np.arange(n_refs), (n_rows, n_refs)).copy()
+    chosen_dist = np.take_along_axis(work, chosen, axis=1)
+    kth = chosen_dist.max(axis=1)
+    # exact unless values equal to the k-th straddle the cut (NaN-as-inf included)
+    n_at_most = np.count_nonzero(work <= kth[:, None], axis=1)
+    ambiguous = n_at_most > take
+
+    chosen_invalid = np.take_along_axis(invalid, chosen, axis=1)
+    order = np.lexsort((chosen, chosen_invalid, chosen_dist), axis=1)
+    chosen = np.take_along_axis(chosen, order, axis=1)
+    for row in np.flatnonzero(ambiguous):
+        candidates = np.flatnonzero(work[row] <= kth[row])
+        ranking = np.lexsort((candidates, invalid[row, candidates], work[row, candidates]))
+        chosen[row] = candidates[ranking[:take]]
+
+    usable = ~np.take_along_axis(invalid, chosen, axis=1)
+    out_index[:, :take] = np.where(usable, chosen, -1)
+    out_dist[:, :take] = np.where(usable, np.take_along_axis(work, chosen, axis=1), np.nan)
+    return out_index, out_dist
+
+
+def vote(neighbour_codes: ArrayLike, n_classes: int) -> NDArray[np.int64]:
+    """Majority label of each row of neighbours given nearest first.
+
+    ``neighbour_codes``: ``(B, k)`` int class codes in neighbour order, :data:`NO_LABEL` for a
+    missing neighbour. Ties between classes go to the class whose first member comes earliest.
+    Returns ``(B,) int64`` codes (:data:`NO_LABEL` for a row without any neighbour).
+    """
+    codes = np.asarray(neighbour_codes, dtype=np.int64)
+    if codes.ndim != 2:
+        raise InputError(f"neighbour codes must be (queries, k), not shape {codes.shape}")
+    n_rows, k = codes.shape
+    if n_rows == 0:
+        return np.zeros(0, dtype=np.int64)
+    valid = codes >= 0
+    row_of = np.broadcast_to(np.arange(n_rows)[:, None], codes.shape)
+    rank_of = np.broadcast_to(np.arange(k)[None, :], codes.shape)
+    counts = np.zeros((n_rows, n_classes), dtype=np.int64)
+    np.add.at(counts, (row_of[valid], codes[valid]), 1)
+    first_rank = np.full((n_rows, n_classes), k, dtype=np.int64)
+    np.minimum.at(first_rank, (row_of[valid], codes[valid]), rank_of[valid])
+    # more votes wins; among equal votes the smaller first rank (ranks are < k, so this is exact)
+    score = counts * (k + 1) + (k - first_rank)
+    winner = np.argmax(score, axis=1).astype(np.int64)
+    winner[counts.sum(axis=1) == 0] = NO_LABEL
+    return winner
+
+
+def predict_codes(
+    distances: ArrayLike,
+    reference_codes: ArrayLike,
+    ks: Sequence[int],
+    n_classes: int,
+    *,
+    diagonal_offset: int | None = None,
+    overwrite_input: bool = False,
+) -> dict[int, NDArray[np.int64]]:
+    """Predicted class codes for every ``k`` in one pass (neighbours found once for ``max(ks)``).
+
+    ``distances``: ``(B, n_refs)``; ``reference_codes``: ``(n_refs,)`` int codes. Returns
+    ``{k: (B,) int64}``, :data:`NO_LABEL` where a query has no usable neighbour.
+    """
+    ref_codes = np.asarray(reference_codes, dtype=np.int64)
+    ks = check_ks(ks)
+    n_columns = np.shape(distances)[-1]
+    if ref_codes.shape[0] != n_columns:
+        raise InputError(f"{ref_codes.shape[0]} reference labels for {n_columns} reference columns")
+    indices, _ = top_k_neighbours(
+        distances, ks[-1], diagonal_offset=diagonal_offset, overwrite_input=overwrite_input
+    )
+    neighbour_codes = np.where(indices >= 0, ref_codes[np.maximum(indices, 0)], NO_LABEL)
+    return {k: vote(neighbour_codes[:, :k], n_classes) for k in ks}
+
+
+@dataclass(frozen=True, kw_only=True)
+class KNNMetrics:
+    """Scores of one ``k`` over the queries that have a true label.
+
+    ``confusion[i][j]``: queries of true label ``labels[i]`` predicted as ``labels[j]``;
+    ``n_unpredicted``: queries without any usable neighbour (counted wrong, not in ``confusion``).
+    ``macro_f1``: mean F1 over the labels that occur among true or predicted labels (scikit-learn's
+    ``f1_score(average="macro")``; F1 is 0 where precision + recall is 0).
+    """
+
+    k: int
+    accuracy: float
+    macro_f1: float
+    n_queries: int
+    n_correct: int
+    n_unpredicted: int
+    labels: tuple[Hashable, ...]
+    confusion: tuple[tuple[int, ...], ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "k": self.k,
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "n_queries": self.n_queries,
+            "n_correct": self.n_correct,
+            "n_unpredicted": self.n_unpredicted,
+            "labels": list(self.labels),
+            "confusion": [list(row) for row in self.confusion],
+        }
+
+
+def confusion_matrix(
+    true_codes: ArrayLike, predicted_codes: ArrayLike, n_classes: int
+) -> NDArray[np.int64]:
+    """``(n_classes, n_classes) int64``: rows true, columns predicted; :data:`NO_LABEL` left out."""
+    true = np.asarray(true_codes, dtype=np.int64)
+    predicted = np.asarray(predicted_codes, dtype=np.int64)
+    keep = (true >= 0) & (predicted >= 0)
+    flat = true[keep] * n_classes + predicted[keep]
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def macro_f1(true_codes: ArrayLike, predicted_codes: ArrayLike, n_classes: int) -> float:
+    """Unweighted mean F1 over the classes present among true or predicted codes."""
+    true = np.asarray(true_codes, dtype=np.int64)
+    predicted = np.asarray(predicted_codes, dtype=np.int64)
+    confusion = confusion_matrix(true, predicted, n_classes).astype(np.float64)
+    true_positive = np.diag(confusion)
+    n_true = np.bincount(true[true >= 0], minlength=n_classes).astype(np.float64)
+    n_predicted = confusion.sum(axis=0)
+    present = (n_true > 0) | (n_predicted > 0)
+    if not present.any():
+        return 0.0
+    # F1 = 2 TP / (|true| + |predicted|): the same as 2PR/(P+R), and 0 where both are 0
+    denominator = n_true + n_predicted
+    f1 = np.divide(2 * true_positive, denominator, out=np.zeros(n_classes), where=denominator > 0)
+    return float(f1[present].mean())
+
+
+def score_predictions(
+    true_codes: ArrayLike, predicted_codes: ArrayLike, codec: LabelCodec, k: int
+) -> KNNMetrics:
+    """Accuracy, macro-F1 and confusion matrix of one ``k`` (true codes must all be labels)."""
+    true = np.asarray(true_codes, dtype=np.int64)
+    predicted = np.asarray(predicted_codes, dtype=np.int64)
+    n = int(true.shape[0])
+    correct = int(np.count_nonzero(true == predicted))
+    confusion = confusion_matrix(true, predicted, len(codec))
+    return KNNMetrics(
+        k=k,
+        accuracy=correct / n if n else float("nan"),
+        macro_f1=macro_f1(true, predicted, len(codec)) if n else float("nan"),
+        n_queries=n,
+        n_correct=correct,
+        n_unpredicted=int(np.count_nonzero(predicted < 0)),
+        labels=codec.labels,
+        confusion=tuple(tuple(int(v) for v in row) for row in confusion),
+    )
+
+
+class KNNAccumulator:
+    """Classifies row blocks one after another and keeps only the predicted codes.
+
+    Memory: the reference codes plus ``(n_queries,)`` codes per ``k``; the distance blocks are not
+    kept. ``codec`` fixes the label order (include the query labels in it to score).
+    """
+
+    def __init__(self, reference_labels: Sequence[object], ks: Iterable[int], codec: LabelCodec):
+        self.codec = codec
+        self.reference_codes = codec.encode(reference_labels)
+        self.ks = check_ks(ks)
+        self._blocks: dict[int, list[NDArray[np.int64]]] = {k: [] for k in self.ks}
+
+    def add_block(
+        self,
+        distances: ArrayLike,
+        *,
+        diagonal_offset: int | None = None,
+        overwrite_input: bool = False,
+    ) -> dict[int, NDArray[np.int64]]:
+        """Classify a ``(B, n_refs)`` block; returns and records ``{k: (B,) codes}``."""
+        codes = predict_codes(
+            distances,
+            self.reference_codes,
+            self.ks,
+            len(self.codec),
+            diagonal_offset=diagonal_offset,
+            overwrite_input=overwrite_input,
+        )
+        for k, block in codes.items():
+            self._blocks[k].append(block)
+        return codes
+
+    def predicted_codes(self) -> dict[int, NDArray[np.int64]]:
+        """``{k: (n_queries_so_far,) int64}`` in the order the blocks were added."""
+        return {
+            k: np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
+            for k, blocks in self._blocks.items()
+        }
+
+    def metrics(self, true_labels: Sequence[object]) -> list[KNNMetrics]:
+        """One :class:`KNNMetrics` per ``k`` against the true labels of the rows added."""
+        true = self.codec.encode(true_labels)
+        predicted = self.predicted_codes()
+        if any(p.shape[0] != true.shape[0] for p in predicted.values()):
+            raise InputError(
+                f"{true.shape[0]} true labels for {next(iter(predicted.values())).shape[0]} queries"
+            )
+        return [score_predictions(true, predicted[k], self.codec, k) for k in self.ks]
+
+
+def knn_classify(
+    distances: ArrayLike,
+    reference_labels: Sequence[object],
+    ks: Iterable[int],
+    *,
+    leave_one_out: bool = False,
+    block_rows: int = 1024,
+) -> tuple[LabelCodec, dict[int, list[Hashable | None]]]:
+    """Convenience over an in-memory ``(n_queries, n_refs)`` matrix: predicted labels per ``k``.
+
+    ``leave_one_out``: the matrix is square (the references are the queries) and each query's own
+    column is excluded.
+    """
+    matrix = np.asarray(distances)
+    if matrix.ndim != 2:
+        raise InputError(f"distances must be a (queries, references) matrix, not {matrix.shape}")
+    if leave_one_out and matrix.shape[0] != matrix.shape[1]:
+        raise InputError(f"leave-one-out needs a square matrix, not {matrix.shape}")
+    codec = LabelCodec.from_labels(reference_labels)
+    n_candidates = matrix.shape[1] - (1 if leave_one_out else 0)
+    accumulator = KNNAccumulator(reference_labels, check_ks(ks, n_candidates), codec)
+    for start in range(0, matrix.shape[0], max(1, block_rows)):
+        accumulator.add_block(
+            matrix[start : start + block_rows], diagonal_offset=start if leave_one_out else None
+        )
+    return codec, {k: codec.decode(c) for k, c in accumulator.predicted_codes().items()}

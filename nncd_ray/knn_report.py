@@ -1,0 +1,176 @@
+"""The k-NN evaluation report: JSON, readable Markdown, and per-query predictions (JSON Lines).
+
+JSON (``EvaluationReport.to_dict``)::
+
+    {"store", "variant", "square", "ks", "n_rows", "n_queries", "n_refs",
+     "results": [{"k", "accuracy", "macro_f1", "n_queries", "n_correct", "n_unpredicted",
+                  "labels", "confusion"}, ...],          # empty when the queries have no labels
+     "bits_per_byte", "bits_per_byte_mean_doc", "compression": {...}, "compressor": {...},
+     "skipped_rows": [...], "block_rows", "seconds"}
+
+Predictions, one JSON object per evaluated query, in row order::
+
+    {"row": 17, "id": "4211", "label": 3, "predicted": {"1": 3, "3": 2, "5": 3, "7": 3}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nncd_ray.knn import KNNMetrics
+
+
+def _ranges(rows: Iterable[int]) -> str:
+    """``0-63, 128-191`` for a sorted list of row indices."""
+    parts: list[str] = []
+    start = previous = None
+    for row in rows:
+        if start is None:
+            start = previous = row
+        elif previous is not None and row == previous + 1:
+            previous = row
+        else:
+            parts.append(f"{start}" if start == previous else f"{start}-{previous}")
+            start = previous = row
+    if start is not None:
+        parts.append(f"{start}" if start == previous else f"{start}-{previous}")
+    return ", ".join(parts)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def describe_compressor(compressor: dict[str, Any] | None) -> str:
+    """``gzip level 9`` from the store's compressor fingerprint (``"unknown"`` when absent)."""
+    if not compressor:
+        return "unknown"
+    name = compressor.get("compressor") or compressor.get("name") or "?"
+    shown = [
+        f"{key} {compressor[key]}"
+        for key in ("level", "preset", "model", "revision", "dtype", "max_doc_tokens")
+        if key in compressor
+    ]
+    return " ".join([str(name), *shown])
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationReport:
+    """What :func:`nncd_ray.evaluate.evaluate_store` found. ``predictions[k][i]`` is the label
+    predicted for the i-th evaluated query (row ``query_rows[i]``), ``None`` without neighbours."""
+
+    store: str
+    variant: str
+    square: bool
+    ks: tuple[int, ...]
+    # rows in the store / rows classified / columns (references)
+    n_rows: int
+    n_queries: int
+    n_refs: int
+    results: tuple[KNNMetrics, ...]
+    # see nncd_ray.evaluate.compression_summary
+    compression: dict[str, Any]
+    compressor: dict[str, Any] | None
+    skipped_rows: tuple[int, ...]
+    query_ids: tuple[str, ...]
+    query_rows: tuple[int, ...]
+    true_labels: tuple[Hashable, ...] | None
+    predictions: dict[int, tuple[Hashable | None, ...]]
+    block_rows: int
+    # wall time of the evaluation
+    seconds: float
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        """Total bits / total bytes over the store's documents (PROTOCOL.md's figure)."""
+        value = self.compression.get("bits_per_byte")
+        return None if value is None else float(value)
+
+    def result(self, k: int) -> KNNMetrics:
+        for metrics in self.results:
+            if metrics.k == k:
+                return metrics
+        raise KeyError(f"no result for k={k} (the queries may have no labels)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "variant": self.variant,
+            "square": self.square,
+            "leave_one_out": self.square,
+            "ks": list(self.ks),
+            "n_rows": self.n_rows,
+            "n_queries": self.n_queries,
+            "n_refs": self.n_refs,
+            "results": [m.to_dict() for m in self.results],
+            "bits_per_byte": self.bits_per_byte,
+            "bits_per_byte_mean_doc": self.compression.get("bits_per_byte_mean_doc"),
+            "compression": self.compression,
+            "compressor": self.compressor,
+            "skipped_rows": list(self.skipped_rows),
+            "block_rows": self.block_rows,
+            "seconds": self.seconds,
+        }
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    def write_predictions(self, path: str | Path) -> None:
+        """One JSON object per evaluated query (see the module docstring)."""
+        with Path(path).open("w", encoding="utf-8") as out:
+            for i, (row, doc_id) in enumerate(zip(self.query_rows, self.query_ids, strict=True)):
+                record = {
+                    "row": row,
+                    "id": doc_id,
+                    "label": None if self.true_labels is None else self.true_labels[i],
+                    "predicted": {str(k): self.predictions[k][i] for k in self.ks},
+                }
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def write_markdown(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_markdown(), encoding="utf-8")
+
+    def to_markdown(self) -> str:
+        """A readable report: settings, accuracy table, bits per byte, confusion matrices."""
+        shape = "square, leave-one-out" if self.square else "queries × references"
+        lines = [
+            f"# k-NN over {self.store}",
+            "",
+            f"- compressor: {describe_compressor(self.compressor)}; NCD variant: {self.variant}",
+            f"- matrix: {self.n_rows} × {self.n_refs} ({shape}); "
+            f"{self.n_queries} queries classified",
+        ]
+        compression = self.compression
+        if compression.get("bits_per_byte") is not None:
+            lines.append(
+                f"- bits per byte: {_fmt(compression['bits_per_byte'])} (total bits / total bytes "
+                f"over {compression['n_documents']} documents; mean of per-document rates "
+                f"{_fmt(compression.get('bits_per_byte_mean_doc'))})"
+            )
+        if self.skipped_rows:
+            lines.append(
+                f"- skipped {len(self.skipped_rows)} rows not fully computed: "
+                f"{_ranges(self.skipped_rows)}"
+            )
+        lines.append("")
+        if not self.results:
+            lines.append("The queries have no labels: predictions only, no accuracy.")
+            return "\n".join(lines) + "\n"
+        lines += ["| k | accuracy | macro-F1 | correct |", "|---:|---:|---:|---:|"]
+        for m in self.results:
+            unpredicted = f" ({m.n_unpredicted} without neighbours)" if m.n_unpredicted else ""
+            lines.append(
+                f"| {m.k} | {m.accuracy:.3f} | {m.macro_f1:.3f} | "
+                f"{m.n_correct}/{m.n_queries}{unpredicted} |"
+            )
+        for m in self.results:
+            lines += ["", f"Confusion matrix, k={m.k} (rows: true label, columns: predicted)", ""]
+            lines.append("| true \\ predicted | " + " | ".join(str(x) for x in m.labels) + " |")
+            lines.append("|---|" + "---:|" * len(m.labels))
+            for label, row in zip(m.labels, m.confusion, strict=True):
+                lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+        return "\n".join(lines) + "\n"
