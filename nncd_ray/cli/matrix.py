@@ -1,0 +1,172 @@
+"""``nncd matrix``: compute (or resume) a matrix of code lengths into a Zarr store.
+
+Rows are the queries (or the one ``--input`` set, for a square matrix), columns the references. The
+store keeps C(x), C(y) and C(xy) in bits, tile by tile; running the same command again computes only
+the tiles that are missing. A store computed with other settings is refused unless ``--overwrite``.
+Prints one summary line on stdout; ``--json PATH`` also writes the summary as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from nncd_ray.cli.common import (
+    add_input_arguments,
+    add_scorer_arguments,
+    inputs_from_args,
+    positive_int,
+    scorer_spec_from_args,
+)
+from nncd_ray.engine import EXECUTORS, MatrixConfig, MatrixSummary, compute_matrix
+from nncd_ray.errors import ConfigError, TileFailed
+from nncd_ray.ncd import VARIANTS
+from nncd_ray.scorers import ScorerSpec, scorer_class
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "matrix",
+        help="compute or resume a matrix of code lengths into a Zarr store (Ray or in-process)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--store", required=True, metavar="PATH|URL", help="the Zarr store")
+    parser.add_argument(
+        "--tile", type=positive_int, default=64, metavar="N", help="tile edge in documents (64)"
+    )
+    parser.add_argument("--variant", choices=VARIANTS, default="ncd", help="NCD variant (ncd)")
+    parser.add_argument(
+        "--executor", choices=EXECUTORS, default="ray", help="ray (actors) or local (in-process)"
+    )
+    parser.add_argument(
+        "--actors", type=positive_int, default=1, metavar="N", help="scorer actors (1)"
+    )
+    parser.add_argument(
+        "--gpus-per-actor", type=float, default=0.0, metavar="G", help="GPUs per actor (0)"
+    )
+    parser.add_argument(
+        "--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per actor (1)"
+    )
+    parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster to join (auto, host:port, ray://…); default: $RAY_ADDRESS, else a "
+        "private local cluster",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="attempts per tile before it is recorded as failed (3)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete an existing store instead of resuming"
+    )
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option of the store, repeatable (endpoint_url=…, key=…, secret=…); values "
+        "are read as JSON when they parse",
+    )
+    parser.add_argument(
+        "--scorer-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other constructor option of the compressor, repeatable (for example "
+        "bits_per_byte=6 or delay_s=0.5 for the synthetic one)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON here")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    add_input_arguments(parser)
+    add_scorer_arguments(parser)
+    return parser
+
+
+def parse_options(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as JSON when they parse)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} takes KEY=VALUE, not {pair!r}")
+        try:
+            options[key] = json.loads(raw)
+        except ValueError:
+            options[key] = raw
+    return options
+
+
+def scorer_spec(args: argparse.Namespace) -> ScorerSpec:
+    """The common compressor flags plus ``--scorer-option``, checked against the constructor."""
+    spec = scorer_spec_from_args(args)
+    extra = parse_options(args.scorer_option, "--scorer-option")
+    if not extra:
+        return spec
+    accepted = [
+        name
+        for name, parameter in inspect.signature(scorer_class(spec.name)).parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    ]
+    unknown = sorted(set(extra) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"--scorer-option {', '.join(unknown)}: not an option of {spec.name}; it takes "
+            f"{', '.join(accepted) or 'none'}"
+        )
+    return ScorerSpec(name=spec.name, options={**spec.options, **extra})
+
+
+def config_from_args(args: argparse.Namespace) -> MatrixConfig:
+    return MatrixConfig(
+        store=args.store,
+        scorer=scorer_spec(args),
+        variant=args.variant,
+        tile=args.tile,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
+        address=args.address,
+        executor=args.executor,
+        max_attempts=args.max_attempts,
+        overwrite=args.overwrite,
+        storage_options=parse_options(args.storage_option, "--storage-option") or None,
+        progress=sys.stderr.isatty() if args.progress is None else args.progress,
+    )
+
+
+def _write_json(path: str | None, summary: MatrixSummary | None) -> None:
+    if path is None or summary is None:
+        return
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(summary.to_dict(), out, indent=2)
+        out.write("\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    rows, cols = inputs_from_args(args)
+    try:
+        summary = compute_matrix(config, rows, cols)
+    except TileFailed as exc:
+        failed: MatrixSummary | None = getattr(exc, "summary", None)
+        if failed is not None:
+            print(failed.one_line())
+        _write_json(args.json, failed)
+        raise
+    print(summary.one_line())
+    _write_json(args.json, summary)
+    return 0

@@ -1,0 +1,213 @@
+"""The matrix engine: compute a (resumable, fault-tolerant) matrix of code lengths into a store.
+
+``compute_matrix(config, rows, cols)`` takes the store's lease, refuses a store computed with other
+settings, and computes only the tiles whose completion marker is not set: on a Ray cluster
+(``executor="ray"``, a pool of scorer actors, see :mod:`nncd_ray.ray_executor`) or in this process
+(``executor="local"``, same store and resume semantics, for small runs and benchmarks).
+
+Workers write each tile's data; the driver writes the tile's marker after the worker reported
+success, keeps counters, and never holds the matrix. A tile that fails ``max_attempts`` times is
+recorded in the store's ``failed_tiles``; the job finishes every other tile and then raises
+:class:`~nncd_ray.errors.TileFailed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nncd_ray.errors import ConfigError, TileFailed
+from nncd_ray.lease import Lease
+from nncd_ray.ncd import VARIANTS
+from nncd_ray.progress import JobBook, MatrixSummary
+from nncd_ray.scorers import ScorerSpec
+from nncd_ray.store import FORMAT, MatrixStore, corpus_fingerprint
+from nncd_ray.tiling import Tile, TilePlan
+from nncd_ray.worker import TileWorker
+
+if TYPE_CHECKING:
+    from nncd_ray.corpus import Corpus
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("ray", "local")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatrixConfig:
+    """Everything a matrix job needs besides its documents."""
+
+    # where the matrix lives: a local path or an fsspec URL (s3://bucket/m.zarr)
+    store: str
+    # which compressor, with its options; each worker builds its own scorer from it
+    scorer: ScorerSpec
+    # "ncd" (C(xy), x = row) or "ncd-min" (rectangular jobs then also store C(yx))
+    variant: str = "ncd"
+    # tile edge in documents: the unit of work, of storage (one chunk) and of resume
+    tile: int = 64
+    # number of scorer actors (Ray executor)
+    actors: int = 1
+    # resources per actor; GPU actors get CUDA_VISIBLE_DEVICES from Ray
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    # Ray cluster to join ("auto", "ray://…", "host:port"); None starts a private local cluster
+    address: str | None = None
+    # "ray" or "local" (in this process, no Ray)
+    executor: str = "ray"
+    # attempts per tile before it is recorded as failed (actor deaths count as attempts)
+    max_attempts: int = 3
+    # delete an existing store instead of resuming it
+    overwrite: bool = False
+    # fsspec options of the store (e.g. endpoint_url, key, secret for S3)
+    storage_options: Mapping[str, Any] | None = None
+    # tqdm progress bar on stderr
+    progress: bool = True
+    # seconds to wait for at least one actor to start before giving up with ClusterError
+    actor_timeout_s: float = 600.0
+
+    def validate(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(
+                f"unknown NCD variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}"
+            )
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"unknown executor {self.executor!r}; choose one of: {', '.join(EXECUTORS)}"
+            )
+        if self.tile < 1:
+            raise ConfigError(f"--tile must be at least 1, not {self.tile}")
+        if self.actors < 1:
+            raise ConfigError(f"--actors must be at least 1, not {self.actors}")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor < 0:
+            raise ConfigError("--gpus-per-actor and --cpus-per-actor must not be negative")
+        if self.max_attempts < 1:
+            raise ConfigError(f"--max-attempts must be at least 1, not {self.max_attempts}")
+        if self.actor_timeout_s <= 0:
+            raise ConfigError("actor_timeout_s must be positive")
+
+
+def job_fingerprint(config: MatrixConfig, rows: Corpus, cols: Corpus | None) -> dict[str, Any]:
+    """The store's ``config`` attribute without the compressor part (known before any worker)."""
+    return {
+        "format": FORMAT,
+        "variant": config.variant,
+        "tile": config.tile,
+        "square": cols is None,
+        "rows": corpus_fingerprint(rows),
+        "cols": corpus_fingerprint(rows if cols is None else cols),
+    }
+
+
+def compute_matrix(config: MatrixConfig, rows: Corpus, cols: Corpus | None = None) -> MatrixSummary:
+    """Compute the missing tiles of the ``rows × cols`` matrix (``rows × rows`` when ``cols`` is
+    None) into ``config.store`` and return what was done.
+
+    Raises StoreLocked (another driver holds the store), StoreMismatch (the store was computed with
+    other settings; it is left unchanged), ClusterError (the cluster cannot host an actor) and,
+    after every other tile is stored, TileFailed (some tiles failed ``max_attempts`` times).
+    """
+    config.validate()
+    started = time.perf_counter()
+    plan = TilePlan(n_rows=len(rows), n_cols=len(rows if cols is None else cols), tile=config.tile)
+    base = job_fingerprint(config, rows, cols)
+    options = dict(config.storage_options or {})
+    with Lease(config.store, storage_options=options) as lease:
+        if not config.overwrite:
+            # refuse a wrong resume before starting a cluster or loading a model
+            MatrixStore.check_existing(config.store, base, storage_options=options)
+        if config.executor == "local":
+            book = _run_local(config, plan, base, rows, cols, lease, started)
+        else:
+            from nncd_ray.ray_executor import RayExecutor
+
+            with RayExecutor(config, rows, cols) as executor:
+                fingerprint = executor.start()
+                store = _open_store(config, plan, base, fingerprint, rows, cols)
+                book = JobBook.begin(
+                    store, plan, executor="ray", progress=config.progress, started=started
+                )
+                try:
+                    executor.run(book.todo, book, lease)
+                finally:
+                    book.close()
+    summary = book.summary()
+    if summary.tiles_failed:
+        first_key, first_error = next(iter(summary.failed_tiles.items()))
+        error = TileFailed(
+            f"{summary.tiles_failed} of {summary.tiles_total} tiles failed after "
+            f"{config.max_attempts} attempts each (tile {first_key}: {first_error}); every other "
+            f"tile is stored in {config.store}; run the same command again to retry them"
+        )
+        error.summary = summary  # type: ignore[attr-defined]
+        raise error
+    return summary
+
+
+def _open_store(
+    config: MatrixConfig,
+    plan: TilePlan,
+    base: Mapping[str, Any],
+    compressor: Mapping[str, Any],
+    rows: Corpus,
+    cols: Corpus | None,
+) -> MatrixStore:
+    return MatrixStore.create_or_resume(
+        config.store,
+        plan=plan,
+        variant=config.variant,
+        config={**base, "compressor": dict(compressor)},
+        rows=rows,
+        cols=cols,
+        scorer={"name": config.scorer.name, "options": dict(config.scorer.options)},
+        storage_options=config.storage_options,
+        overwrite=config.overwrite,
+    )
+
+
+def _run_local(
+    config: MatrixConfig,
+    plan: TilePlan,
+    base: Mapping[str, Any],
+    rows: Corpus,
+    cols: Corpus | None,
+    lease: Lease,
+    started: float,
+) -> JobBook:
+    """The in-process executor: same store, markers, retries and counters as the Ray one."""
+    worker = TileWorker(
+        spec=config.scorer,
+        store_url=config.store,
+        storage_options=config.storage_options,
+        row_texts=rows.texts,
+        col_texts=None if cols is None else cols.texts,
+    )
+    store = _open_store(config, plan, base, worker.fingerprint(), rows, cols)
+    book = JobBook.begin(store, plan, executor="local", progress=config.progress, started=started)
+    book.worker_ready()
+    try:
+        for tile in book.todo:
+            lease.check()
+            _compute_with_retries(worker, tile, book, config.max_attempts)
+    finally:
+        book.close()
+    return book
+
+
+def _compute_with_retries(worker: TileWorker, tile: Tile, book: JobBook, attempts: int) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            result = worker.compute(tile)
+        except Exception as exc:  # any failure of one tile: retry, then record it
+            message = f"{type(exc).__name__}: {exc}"
+            book.attempt_failed(tile, message, attempt)
+            if attempt == attempts:
+                book.tile_failed(tile, message)
+            continue
+        book.tile_done(tile, result)
+        return
+
+
+__all__ = ["EXECUTORS", "MatrixConfig", "MatrixSummary", "compute_matrix", "job_fingerprint"]

@@ -1,0 +1,219 @@
+"""The driver's bookkeeping of a matrix job: markers, counters, failures, progress bar, summary.
+
+Only per-tile metadata passes through here (a few numbers per tile), never scores. Counters are
+written to the store's ``progress`` attribute at most every :data:`FLUSH_EVERY_S` seconds (a
+group attribute update rewrites ``zarr.json``; on S3 that is one PUT) and at the end;
+``tiles_done`` in the store is the truth, these counters are for ``nncd status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from nncd_ray.store import MatrixStore
+    from nncd_ray.tiling import Tile, TilePlan
+    from nncd_ray.worker import TileResult
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatrixSummary:
+    """What one ``compute_matrix`` call did. Times in seconds."""
+
+    store: str
+    tiles_total: int
+    # tiles computed by this call, tiles already done before it, tiles given up on
+    tiles_computed: int
+    tiles_skipped: int
+    tiles_failed: int
+    pairs_computed: int
+    # whole call, including cluster start-up and actor (model) loading
+    wall_seconds: float
+    # pairs_computed / wall_seconds
+    pairs_per_second: float
+    # from the start of the call until the first worker was ready (cluster, actors, model load)
+    startup_seconds: float = 0.0
+    # sum over tiles of worker scoring + writing time
+    compute_seconds: float = 0.0
+    # tokens (LM) or bytes (classical) through the compressor
+    work_units: int = 0
+    # tiles computed per Ray node id ("local" for the local executor)
+    nodes: dict[str, int] = field(default_factory=dict)
+    executor: str = "ray"
+    actors_started: int = 0
+    # actors that died and were replaced
+    actor_deaths: int = 0
+    # tile attempts that failed (retried or not)
+    attempts_failed: int = 0
+    # "r,c" -> error text, for tiles given up on
+    failed_tiles: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def one_line(self) -> str:
+        """``nncd matrix``'s summary line."""
+        failed = f", {self.tiles_failed} failed" if self.tiles_failed else ""
+        return (
+            f"{self.store}: {self.tiles_computed} tiles computed, {self.tiles_skipped} already "
+            f"done{failed} of {self.tiles_total}; {self.pairs_computed:,} pairs in "
+            f"{self.wall_seconds:.1f} s ({self.pairs_per_second:,.0f} pairs/s, start-up "
+            f"{self.startup_seconds:.1f} s) on {len(self.nodes) or 0} node(s)"
+        )
+
+
+class JobBook:
+    """Bookkeeping of one ``compute_matrix`` call on one store (driver side)."""
+
+    def __init__(
+        self,
+        store: MatrixStore,
+        plan: TilePlan,
+        todo: list[Tile],
+        *,
+        executor: str,
+        progress: bool,
+        started: float,
+    ) -> None:
+        self.store = store
+        self.plan = plan
+        self.todo = todo
+        self.executor = executor
+        self.started = started
+        self.skipped = plan.n_tiles - len(todo)
+        self.pairs_skipped = plan.n_pairs - sum(t.pairs for t in todo)
+        prior = store.progress
+        self.prior_compute_seconds = float(prior.get("compute_seconds", 0.0))
+        self.prior_nodes: Counter[str] = Counter(prior.get("nodes", {}))
+        self.runs = int(prior.get("runs", 0)) + 1
+        self.computed: set[str] = set()
+        self.pairs_computed = 0
+        self.compute_seconds = 0.0
+        self.work_units = 0
+        self.nodes: Counter[str] = Counter()
+        self.failures: dict[str, str] = {}
+        self.attempts_failed = 0
+        self.actors_started = 0
+        self.actor_deaths = 0
+        self.startup_seconds: float | None = None
+        self._last_flush = 0.0
+        self.bar = tqdm(
+            total=sum(t.pairs for t in todo),
+            unit="pair",
+            unit_scale=True,
+            desc=f"tiles 0/{len(todo)}",
+            file=sys.stderr,
+            disable=not progress,
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
+
+    @classmethod
+    def begin(
+        cls, store: MatrixStore, plan: TilePlan, *, executor: str, progress: bool, started: float
+    ) -> JobBook:
+        """Read the store's markers and plan the tiles still to compute (largest first)."""
+        mask = store.done_mask()
+        done = [(int(r), int(c)) for r, c in zip(*mask.nonzero(), strict=True)]
+        todo = plan.tiles(skip=done)
+        book = cls(store, plan, todo, executor=executor, progress=progress, started=started)
+        book.flush(force=True)
+        return book
+
+    # -- events --------------------------------------------------------------------------------
+
+    def worker_ready(self) -> None:
+        if self.startup_seconds is None:
+            self.startup_seconds = time.perf_counter() - self.started
+
+    def tile_done(self, tile: Tile, result: TileResult) -> None:
+        """A worker stored the tile's data: set its marker, then count it."""
+        if (
+            tile.key in self.computed
+        ):  # cannot happen: the scheduler hands a tile out once at a time
+            log.warning("tile %s reported done twice; ignoring the second report", tile.key)
+            return
+        self.store.mark_done(tile)
+        self.computed.add(tile.key)
+        self.failures.pop(tile.key, None)
+        self.pairs_computed += tile.pairs
+        self.compute_seconds += result.score_seconds + result.write_seconds
+        self.work_units += result.work_units
+        self.nodes[result.node_id] += 1
+        self.bar.update(tile.pairs)
+        self.bar.set_description(f"tiles {len(self.computed)}/{len(self.todo)}", refresh=False)
+        self.flush()
+
+    def attempt_failed(self, tile: Tile, message: str, attempt: int) -> None:
+        self.attempts_failed += 1
+        log.warning("tile %s attempt %d failed: %s", tile.key, attempt, message)
+
+    def tile_failed(self, tile: Tile, message: str) -> None:
+        """Give up on a tile (after its last attempt); recorded in the store at once."""
+        self.failures[tile.key] = message
+        self.flush(force=True)
+
+    # -- store attributes ------------------------------------------------------------------------
+
+    def flush(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._last_flush < FLUSH_EVERY_S:
+            return
+        self._last_flush = now
+        wall = max(now - self.started, 1e-9)
+        done = self.skipped + len(self.computed)
+        self.store.update_attrs(
+            {
+                "progress": {
+                    "tiles_total": self.plan.n_tiles,
+                    "tiles_done": done,
+                    "tiles_failed": len(self.failures),
+                    "pairs_total": self.plan.n_pairs,
+                    "pairs_done": self.pairs_skipped + self.pairs_computed,
+                    "compute_seconds": self.prior_compute_seconds + self.compute_seconds,
+                    "pairs_per_second": self.pairs_computed / wall,
+                    "nodes": dict(self.prior_nodes + self.nodes),
+                    "runs": self.runs,
+                    "executor": self.executor,
+                    "updated_at": time.time(),
+                },
+                "failed_tiles": dict(self.failures),
+            }
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+        self.flush(force=True)
+
+    def summary(self) -> MatrixSummary:
+        wall = time.perf_counter() - self.started
+        return MatrixSummary(
+            store=self.store.url,
+            tiles_total=self.plan.n_tiles,
+            tiles_computed=len(self.computed),
+            tiles_skipped=self.skipped,
+            tiles_failed=len(self.failures),
+            pairs_computed=self.pairs_computed,
+            wall_seconds=wall,
+            pairs_per_second=self.pairs_computed / wall if wall > 0 else 0.0,
+            startup_seconds=self.startup_seconds if self.startup_seconds is not None else wall,
+            compute_seconds=self.compute_seconds,
+            work_units=self.work_units,
+            nodes=dict(self.nodes),
+            executor=self.executor,
+            actors_started=self.actors_started,
+            actor_deaths=self.actor_deaths,
+            attempts_failed=self.attempts_failed,
+            failed_tiles=dict(self.failures),
+        )

@@ -1,0 +1,401 @@
+"""The Ray executor: a pool of scorer actors driven by the engine's own scheduling loop.
+
+Why not ``ray.util.ActorPool``: it does not retry a task whose actor died. Here each tile has an
+attempt counter; a tile whose actor died goes back to the front of the queue, the dead actor is
+replaced by a new one (never reused: actors run with ``max_restarts=0``), and a tile that fails
+``max_attempts`` times is given up on and recorded while the job goes on. Each actor holds one tile
+at a time, so a driver killed mid-job loses at most one tile per actor.
+
+Actors that cannot be placed stay pending forever in Ray; so the cluster's resources are checked
+before any actor is created, and the wait for actors to start has a timeout that says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray.exceptions import RayError, RayTaskError
+
+from nncd_ray.errors import ClusterError, NNCDError
+from nncd_ray.store import is_remote
+from nncd_ray.worker import TileResult, TileWorker
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from nncd_ray.corpus import Corpus
+    from nncd_ray.engine import MatrixConfig
+    from nncd_ray.lease import Lease
+    from nncd_ray.progress import JobBook
+    from nncd_ray.scorers import ScorerSpec
+    from nncd_ray.tiling import Tile
+
+log = logging.getLogger(__name__)
+
+# how long to wait for a TCP answer from a Ray address before calling it unreachable
+CONNECT_TIMEOUT_S = 10.0
+# how long one ray.wait blocks before the loop checks the lease and the start-up deadline again
+POLL_S = 1.0
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class ScorerActor:
+    """One scorer (model loaded once) plus the job's documents; computes and stores tiles."""
+
+    def __init__(
+        self,
+        spec: ScorerSpec,
+        store_url: str,
+        storage_options: dict[str, Any] | None,
+        row_texts: Sequence[str],
+        col_texts: Sequence[str] | None,
+    ) -> None:
+        self._worker: TileWorker | None = None
+        self._error: Exception | None = None
+        try:
+            self._worker = TileWorker(
+                spec=spec,
+                store_url=store_url,
+                storage_options=storage_options,
+                row_texts=row_texts,
+                col_texts=col_texts,
+                node_id=ray.get_runtime_context().get_node_id(),
+            )
+        except Exception as exc:  # reported by ready(), so the driver sees the real error
+            self._error = exc
+
+    def ready(self) -> dict[str, Any]:
+        """Where this actor runs and its scorer's fingerprint; raises the scorer's build error."""
+        if self._error is not None:
+            raise self._error
+        assert self._worker is not None
+        return {
+            "node_id": self._worker.node_id,
+            "pid": os.getpid(),
+            "fingerprint": self._worker.fingerprint(),
+        }
+
+    def compute(self, tile: Tile) -> TileResult:
+        if self._worker is None:
+            raise RuntimeError(f"scorer actor failed to start: {self._error}")
+        return self._worker.compute(tile)
+
+
+@dataclass(kw_only=True)
+class _Slot:
+    """One place in the pool; its actor is replaced when it dies."""
+
+    actor: Any
+    ready_ref: Any | None  # ObjectRef of actor.ready() while the actor is starting
+    task_ref: Any | None = None  # ObjectRef of the tile in flight
+    tile: Tile | None = None
+    where: str = "starting"  # "pid P on node N" once ready
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether something listens at a ``host:port`` (or ``ray://host:port``) Ray address.
+
+    Ray itself retries an unreachable address for minutes; this answers within ``timeout``.
+    Addresses without a port (``auto``) are left to Ray.
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return True
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _amount(value: float) -> str:
+    return f"{value:g}"
+
+
+class RayExecutor:
+    """Runs the tiles of one job on Ray actors. Use as a context manager (cleans up Ray)."""
+
+    def __init__(self, config: MatrixConfig, rows: Corpus, cols: Corpus | None) -> None:
+        self.config = config
+        self.rows = rows
+        self.cols = cols
+        self.slots: list[_Slot] = []
+        self.fingerprint: dict[str, Any] | None = None
+        self.actors_started = 0
+        self.actor_deaths = 0
+        self.start_failures = 0
+        self._owns_ray = False
+        self._temp_dir: str | None = None
+        self._refs: tuple[Any, Any] | None = None
+
+    # -- cluster -------------------------------------------------------------------------------
+
+    def __enter__(self) -> RayExecutor:
+        if ray.is_initialized():
+            return self
+        address = self.config.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            if not reachable(address):
+                raise ClusterError(
+                    f"cannot reach the Ray cluster at {address} (nothing answers there within "
+                    f"{CONNECT_TIMEOUT_S:.0f} s); check --address (or $RAY_ADDRESS) and that the "
+                    "cluster is up (`ray status`)"
+                )
+            try:
+                ray.init(address=address, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ClusterError(
+                    f"cannot join the Ray cluster at {address}: {_short(exc)}; check --address "
+                    "(or $RAY_ADDRESS) and that the cluster is up (`ray status`)"
+                ) from None
+        else:
+            # a private local cluster: own temp dir (short, for socket paths), no dashboard
+            self._temp_dir = tempfile.mkdtemp(prefix="nncd-ray-", dir="/tmp")
+            cpus = max(
+                os.cpu_count() or 1, math.ceil(self.config.actors * self.config.cpus_per_actor)
+            )
+            ray.init(
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=False,
+                _temp_dir=self._temp_dir,
+                logging_level=logging.WARNING,
+            )
+        self._owns_ray = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for slot in self.slots:
+            self._kill(slot.actor)
+        self.slots.clear()
+        if self._owns_ray:
+            ray.shutdown()
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+    def check_resources(self) -> None:
+        """Raise ClusterError when no node could ever host one actor."""
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        for resource, asked in (
+            ("GPU", self.config.gpus_per_actor),
+            ("CPU", self.config.cpus_per_actor),
+        ):
+            if asked <= 0:
+                continue
+            per_node = [float(n.get("Resources", {}).get(resource, 0.0)) for n in nodes]
+            total, largest = sum(per_node), max(per_node, default=0.0)
+            if largest < asked:
+                where = (
+                    f"the cluster has {_amount(total)} {resource}s"
+                    if total < asked
+                    else f"its largest node has {_amount(largest)} {resource}s"
+                )
+                hint = " (pass --gpus-per-actor 0 to score on CPUs)" if resource == "GPU" else ""
+                raise ClusterError(
+                    f"asked for {_amount(asked)} {resource} per actor; {where}{hint}"
+                )
+            fit = int(sum(math.floor(n / asked) for n in per_node))
+            if fit < self.config.actors:
+                log.warning(
+                    "%d actors asked for, but only %d fit on the cluster's %s %ss at once",
+                    self.config.actors,
+                    fit,
+                    _amount(total),
+                    resource,
+                )
+
+    # -- actors --------------------------------------------------------------------------------
+
+    def _spawn(self) -> _Slot:
+        assert self._refs is not None
+        actor = ScorerActor.options(  # type: ignore[attr-defined]
+            num_cpus=self.config.cpus_per_actor,
+            num_gpus=self.config.gpus_per_actor,
+            scheduling_strategy="SPREAD",
+        ).remote(
+            self.config.scorer,
+            self.config.store,
+            dict(self.config.storage_options or {}),
+            self._refs[0],
+            self._refs[1],
+        )
+        self.actors_started += 1
+        return _Slot(actor=actor, ready_ref=actor.ready.remote())
+
+    @staticmethod
+    def _kill(actor: Any) -> None:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception as exc:  # already gone: nothing to free
+            log.debug("killing an actor: %s", exc)
+
+    def _replace(self, slot: _Slot) -> None:
+        self._kill(slot.actor)
+        fresh = self._spawn()
+        slot.actor, slot.ready_ref, slot.task_ref, slot.tile = (
+            fresh.actor,
+            fresh.ready_ref,
+            None,
+            None,
+        )
+        slot.where = "starting"
+
+    def _on_ready(self, slot: _Slot) -> None:
+        """Handle a finished ``ready()`` call: the actor is usable, failed to build, or died."""
+        ref: Any = slot.ready_ref
+        try:
+            info: dict[str, Any] = ray.get(ref)
+        except RayTaskError as exc:
+            cause = exc.cause
+            if isinstance(cause, NNCDError):
+                raise cause from None  # e.g. ModelNotFound: the same on every actor
+            raise ClusterError(f"a scorer actor failed to start: {_short(cause or exc)}") from None
+        except RayError as exc:
+            self.start_failures += 1
+            if self.start_failures >= max(3, self.config.actors * self.config.max_attempts):
+                raise ClusterError(
+                    f"scorer actors keep dying while starting ({self.start_failures} so far; last: "
+                    f"{_short(exc)}); check memory and the Ray logs"
+                ) from None
+            log.warning("a scorer actor died while starting (%s); starting another", _short(exc))
+            self._replace(slot)
+            return
+        slot.ready_ref = None
+        slot.where = f"pid {info['pid']} on node {info['node_id'][:12]}"
+        if self.fingerprint is None:
+            self.fingerprint = info["fingerprint"]
+        elif info["fingerprint"] != self.fingerprint:
+            raise ClusterError(
+                f"scorer actors disagree on what they compute: {self.fingerprint} vs "
+                f"{info['fingerprint']} ({slot.where}); make the same model files and package "
+                "versions available on every node"
+            )
+
+    def _no_start_message(self, waited: float) -> str:
+        return (
+            f"no scorer actor started within {waited:.0f} s (each asks for "
+            f"{_amount(self.config.cpus_per_actor)} CPU and {_amount(self.config.gpus_per_actor)} "
+            f"GPU; the cluster has {ray.available_resources()} free now); free resources, ask for "
+            "fewer, or raise the timeout"
+        )
+
+    def start(self) -> dict[str, Any]:
+        """Check resources, start the actors, wait for the first; return the scorer fingerprint."""
+        self.check_resources()
+        if len([n for n in ray.nodes() if n.get("Alive")]) > 1 and not is_remote(self.config.store):
+            log.warning(
+                "store %s is a local path on a multi-node cluster: every node must see it at that "
+                "path (a shared filesystem); use an object store URL (s3://…) otherwise",
+                self.config.store,
+            )
+        row_ref = ray.put(tuple(self.rows.texts))
+        col_ref = None if self.cols is None else ray.put(tuple(self.cols.texts))
+        self._refs = (row_ref, col_ref)
+        self.slots = [self._spawn() for _ in range(self.config.actors)]
+        started = time.monotonic()
+        while self.fingerprint is None:
+            waited = time.monotonic() - started
+            if waited > self.config.actor_timeout_s:
+                raise ClusterError(self._no_start_message(waited))
+            self._wait(timeout=min(POLL_S * 5, self.config.actor_timeout_s - waited + 0.01))
+        return self.fingerprint
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    def _wait(self, timeout: float) -> list[tuple[_Slot, Any]]:
+        """Wait for any ready() or tile ref; handle ready() refs here, return finished tiles."""
+        by_ref = {}
+        for slot in self.slots:
+            ref = slot.task_ref if slot.task_ref is not None else slot.ready_ref
+            if ref is not None:
+                by_ref[ref] = slot
+        if not by_ref:
+            return []
+        refs = list(by_ref)
+        done, rest = ray.wait(refs, num_returns=1, timeout=timeout)
+        if done and rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            done += more
+        finished = []
+        for ref in done:
+            slot = by_ref[ref]
+            if ref is slot.ready_ref:
+                self._on_ready(slot)
+            else:
+                finished.append((slot, ref))
+        return finished
+
+    def run(self, todo: Sequence[Tile], book: JobBook, lease: Lease) -> None:
+        """Compute ``todo`` (largest first) with the pool; failures end up in ``book``."""
+        book.worker_ready()
+        pending: deque[Tile] = deque(todo)
+        attempts: Counter[str] = Counter()
+        no_worker_since: float | None = None
+        try:
+            while pending or any(s.task_ref is not None for s in self.slots):
+                lease.check()
+                for slot in self.slots:
+                    if pending and slot.ready_ref is None and slot.task_ref is None:
+                        slot.tile = pending.popleft()
+                        slot.task_ref = slot.actor.compute.remote(slot.tile)
+                if any(s.ready_ref is None for s in self.slots):
+                    no_worker_since = None
+                elif no_worker_since is None:
+                    no_worker_since = time.monotonic()
+                elif time.monotonic() - no_worker_since > self.config.actor_timeout_s:
+                    raise ClusterError(self._no_start_message(time.monotonic() - no_worker_since))
+                for slot, ref in self._wait(timeout=POLL_S):
+                    self._on_tile(slot, ref, pending, attempts, book)
+        finally:
+            book.actors_started = self.actors_started
+            book.actor_deaths = self.actor_deaths
+
+    def _on_tile(
+        self,
+        slot: _Slot,
+        ref: Any,
+        pending: deque[Tile],
+        attempts: Counter[str],
+        book: JobBook,
+    ) -> None:
+        tile = slot.tile
+        assert tile is not None
+        slot.task_ref, slot.tile = None, None
+        try:
+            result: TileResult = ray.get(ref)
+        except RayTaskError as exc:  # the scorer raised; the actor is fine and stays
+            message = _short(exc.cause if exc.cause is not None else exc)
+        except RayError as exc:  # the actor died (or is unreachable): never reuse it
+            message = f"actor ({slot.where}) died: {_short(exc)}"
+            self.actor_deaths += 1
+            self._replace(slot)
+        else:
+            book.tile_done(tile, result)
+            return
+        attempts[tile.key] += 1
+        book.attempt_failed(tile, message, attempts[tile.key])
+        if attempts[tile.key] >= self.config.max_attempts:
+            book.tile_failed(tile, message)
+        else:
+            pending.appendleft(tile)  # retried next, by whichever actor is free first

@@ -1,0 +1,107 @@
+"""What computes one tile: score it with a scorer built once, store it, report metadata.
+
+The same :class:`TileWorker` runs in each Ray actor and, for ``executor="local"``, in the driver.
+It writes the tile's data itself (chunk-aligned, so workers never overwrite each other) and returns
+only small metadata; the driver then sets the tile's completion marker. So the driver never holds
+the matrix, and a worker that dies mid-write leaves a tile without a marker, which is recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nncd_ray.scorers import ScorerSpec, make_scorer
+from nncd_ray.store import MatrixStore
+from nncd_ray.tiling import Tile
+
+
+@dataclass(frozen=True, kw_only=True)
+class TileResult:
+    """Metadata of one computed tile (no scores: those are in the store already)."""
+
+    index_row: int
+    index_col: int
+    pairs: int
+    # where it ran: Ray node id (hex) or "local", and the worker's process id
+    node_id: str
+    pid: int
+    # seconds spent scoring (compressor work) and writing to the store
+    score_seconds: float
+    write_seconds: float
+    # tokens (LM) or bytes (classical) through the compressor, from TileScores.work_units
+    work_units: int
+
+
+class TileWorker:
+    """Builds the scorer once and computes tiles of one job.
+
+    ``row_texts``/``col_texts`` are the job's documents in matrix order (``col_texts`` ``None`` for
+    a square job). The store is opened on the first tile, so workers can start (and report their
+    scorer's fingerprint) before the driver has created the store.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: ScorerSpec,
+        store_url: str,
+        storage_options: Mapping[str, Any] | None,
+        row_texts: Sequence[str],
+        col_texts: Sequence[str] | None,
+        node_id: str = "local",
+    ) -> None:
+        self.scorer = make_scorer(spec)
+        self.store_url = store_url
+        self.storage_options = dict(storage_options or {})
+        self.row_texts = tuple(row_texts)
+        self.col_texts = self.row_texts if col_texts is None else tuple(col_texts)
+        self.node_id = node_id
+        self._store: MatrixStore | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The scorer's fingerprint (everything that changes the numbers)."""
+        return dict(self.scorer.fingerprint())
+
+    @property
+    def store(self) -> MatrixStore:
+        if self._store is None:
+            self._store = MatrixStore.open(
+                self.store_url, storage_options=self.storage_options, mode="r+"
+            )
+        return self._store
+
+    def compute(self, tile: Tile) -> TileResult:
+        """Score ``tile`` and write its data (not its marker) to the store."""
+        store = self.store  # opened before scoring, so a bad store fails before the slow part
+        rows = self.row_texts[tile.row_start : tile.row_stop]
+        cols = self.col_texts[tile.col_start : tile.col_stop]
+        started = time.perf_counter()
+        scores = self.scorer.score_tile(rows, cols)
+        work_units = scores.work_units
+        reversed_bits = None
+        if store.has_reversed:
+            # rectangular ncd-min: C(y x) with the column document first, stored row-major
+            reversed_bits = self.scorer.pair_bits(cols, rows).T
+            work_units *= 2
+        scored = time.perf_counter()
+        store.write_tile(
+            tile,
+            row_bits=scores.row_bits,
+            col_bits=scores.col_bits,
+            pair_bits=scores.pair_bits,
+            pair_bits_reversed=reversed_bits,
+        )
+        return TileResult(
+            index_row=tile.index_row,
+            index_col=tile.index_col,
+            pairs=tile.pairs,
+            node_id=self.node_id,
+            pid=os.getpid(),
+            score_seconds=scored - started,
+            write_seconds=time.perf_counter() - scored,
+            work_units=int(work_units),
+        )
