@@ -67,6 +67,9 @@ class MatrixConfig:
     progress: bool = True
     # seconds to wait for at least one actor to start before giving up with ClusterError
     actor_timeout_s: float = 600.0
+    # an autoscaling cluster may have no node with the resources yet: warn and wait (up to
+    # actor_timeout_s) instead of refusing at once
+    wait_for_resources: bool = False
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:

@@ -211,9 +211,17 @@ class RayExecutor:
                     if total < asked
                     else f"its largest node has {_amount(largest)} {resource}s"
                 )
+                message = f"asked for {_amount(asked)} {resource} per actor; {where}"
+                if self.config.wait_for_resources:
+                    log.warning(
+                        "%s; waiting up to %.0f s for the autoscaler to add nodes",
+                        message,
+                        self.config.actor_timeout_s,
+                    )
+                    return
                 hint = " (pass --gpus-per-actor 0 to score on CPUs)" if resource == "GPU" else ""
                 raise ClusterError(
-                    f"asked for {_amount(asked)} {resource} per actor; {where}{hint}"
+                    f"{message}{hint}; on an autoscaling cluster pass --wait-for-resources"
                 )
             fit = int(sum(math.floor(n / asked) for n in per_node))
             if fit < self.config.actors:

@@ -126,6 +126,21 @@ def test_gpu_request_on_cpu_cluster(ray_address: str, tmp_path: Path) -> None:
     assert time.monotonic() - started < 60  # refused before any actor is created
 
 
+def test_gpu_request_waits_for_an_autoscaler_when_asked(ray_address: str, tmp_path: Path) -> None:
+    # an autoscaling cluster may add GPU nodes later: warn, wait the timeout, then say so
+    with pytest.raises(ClusterError, match="no scorer actor started within"):
+        compute_matrix(
+            config(
+                tmp_path / "w.zarr",
+                SYNTHETIC,
+                gpus_per_actor=1,
+                wait_for_resources=True,
+                actor_timeout_s=2.0,
+            ),
+            corpus(4, "q"),
+        )
+
+
 def test_actor_that_cannot_start_is_reported(ray_address: str, tmp_path: Path) -> None:
     import ray
 

@@ -84,6 +84,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="any other constructor option of the compressor, repeatable (for example "
         "bits_per_byte=6 or delay_s=0.5 for the synthetic one)",
     )
+    parser.add_argument(
+        "--wait-for-resources",
+        action="store_true",
+        help="on an autoscaling cluster, wait for nodes with the GPUs/CPUs asked for instead of "
+        "refusing at once",
+    )
+    parser.add_argument(
+        "--actor-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds to wait for the first scorer actor to start (600)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON here")
     parser.add_argument(
         "--progress",
@@ -145,6 +158,8 @@ def config_from_args(args: argparse.Namespace) -> MatrixConfig:
         overwrite=args.overwrite,
         storage_options=parse_options(args.storage_option, "--storage-option") or None,
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
+        actor_timeout_s=args.actor_timeout,
+        wait_for_resources=args.wait_for_resources,
     )
 
 
