@@ -1,8 +1,8 @@
 """The in-memory document set: ids, texts and optional labels, in a fixed order.
 
 A :class:`Corpus` is what the matrix engine, the scorers and the k-NN stage agree on. Its
-:meth:`Corpus.content_hash` covers ids, texts, labels and their order, so a store can refuse to resume
-with other documents or another order.
+:meth:`Corpus.content_hash` covers ids, texts, labels and their order, so a store can refuse to
+resume with other documents or another order.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def resolve_model_source(model: str | None) -> tuple[str, bool]:
         directory = embedded_model_dir()
         if not (directory / "config.json").exists():
             raise ModelNotFound(
-                f"the embedded model is missing from {directory}; reinstall nncd_ray or pass --model"
+                f"the embedded model is missing from {directory}; "
+                "reinstall nncd_ray or pass --model"
             )
         return str(directory), True
     path = Path(model).expanduser()
@@ -88,7 +89,6 @@ def load_causal_lm(
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load once (per actor); eval mode, SDPA attention where the architecture has it."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, local = resolve_model_source(model)
@@ -107,7 +107,7 @@ def load_causal_lm(
             lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **common)
     except OSError as exc:
         raise ModelNotFound(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from exc
-    lm.to(device)
+    lm.to(device)  # type: ignore[arg-type]  # transformers types .to() through a wrapper
     lm.eval()
     eos_id = tokenizer.eos_token_id
     if eos_id is None:

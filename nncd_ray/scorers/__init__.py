@@ -19,8 +19,8 @@ _REGISTRY: dict[str, str] = {
     "lzma": "nncd_ray.scorers.classical:LzmaScorer",
     "zstd": "nncd_ray.scorers.classical:ZstdScorer",
     "lm": "nncd_ray.scorers.lm:LMScorer",
-    # a cheap deterministic stand-in (like lm-eval's dummy backend): runs the whole pipeline without a
-    # model, and can inject actor crashes for fault tests
+    # a cheap deterministic stand-in (like lm-eval's dummy backend): runs the whole pipeline
+    # without a model, and can inject actor crashes for fault tests
     "synthetic": "nncd_ray.scorers.synthetic:SyntheticScorer",
 }
 

@@ -1,7 +1,8 @@
 """The scorer protocol: code lengths in bits for documents and for (x, y) pairs.
 
 Contract (``shared/DESIGN.md`` §2): ``C(x)`` is the code length of one document, ``C(xy)`` the code
-length of x followed by y. Every length is in **bits**, as float64 on the way out (stores keep float32).
+length of x followed by y. Every length is in **bits**, as float64 on the way out (stores keep
+float32).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class TileScores:
     row_bits: NDArray[np.float64]
     col_bits: NDArray[np.float64]
     pair_bits: NDArray[np.float64]
-    # tokens (LM) or bytes (classical) that went through the compressor for this tile; for speed reports
+    # tokens (LM) or bytes (classical) that went through the compressor (for speed reports)
     work_units: int = 0
 
 
@@ -47,7 +48,7 @@ class Scorer(Protocol):
     name: str
 
     def fingerprint(self) -> dict[str, Any]:
-        """JSON-able description of everything that changes the numbers (for store resume checks)."""
+        """JSON-able description of everything that changes the numbers (store resume checks)."""
         ...
 
     def document_bits(self, texts: Sequence[str]) -> NDArray[np.float64]:
