@@ -90,6 +90,10 @@ def load_causal_lm(
 ) -> LoadedModel:
     """Load once (per actor); eval mode, SDPA attention where the architecture has it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # our own progress bars report the work; transformers' per-load bar is noise on stderr
+    hf_logging.disable_progress_bar()
 
     source, local = resolve_model_source(model)
     common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
