@@ -1,0 +1,159 @@
+"""``nncd train``: train the small embedded language model on Gutenberg books.
+
+The defaults are the recipe of the shipped model (``nncd_ray/embedded/MODEL_CARD.md``); the run is
+deterministic given ``--seed`` and ``--threads`` (step-based schedule, seeded data order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nncd_ray.training import ModelShape, TrainConfig
+
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "gutenberg"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Training options (shared by ``nncd train`` and ``jobs/train_lm.py``)."""
+    shape = ModelShape()
+    base = TrainConfig(data_dir=DEFAULT_DATA, out_dir=Path("."))
+    parser.add_argument("--out", required=True, type=Path, help="output model directory")
+    parser.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA, help="folder of UTF-8 *.txt books"
+    )
+    parser.add_argument("--steps", type=int, default=base.steps, help="optimizer steps")
+    parser.add_argument(
+        "--batch-size", type=int, default=base.batch_size, help="sequences per step"
+    )
+    parser.add_argument("--context", type=int, default=shape.context_tokens, help="tokens")
+    parser.add_argument("--vocab-size", type=int, default=base.vocab_size)
+    parser.add_argument("--hidden-size", type=int, default=shape.hidden_size)
+    parser.add_argument("--intermediate-size", type=int, default=shape.intermediate_size)
+    parser.add_argument("--layers", type=int, default=shape.num_layers)
+    parser.add_argument("--heads", type=int, default=shape.num_heads)
+    parser.add_argument("--lr", type=float, default=base.peak_lr, help="peak learning rate")
+    parser.add_argument("--warmup-steps", type=int, default=base.warmup_steps)
+    parser.add_argument("--min-lr-ratio", type=float, default=base.min_lr_ratio)
+    parser.add_argument(
+        "--decay-fraction",
+        type=float,
+        default=base.decay_fraction,
+        help="last fraction of the steps with linearly decaying learning rate",
+    )
+    parser.add_argument("--weight-decay", type=float, default=base.weight_decay)
+    parser.add_argument("--seed", type=int, default=base.seed)
+    parser.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=base.holdout_fraction,
+        help="last fraction of each book's bytes never trained on",
+    )
+    parser.add_argument("--threads", type=int, default=base.threads, help="torch threads")
+    parser.add_argument(
+        "--no-bf16", action="store_true", help="fp32 matmuls instead of bf16 autocast"
+    )
+    parser.add_argument(
+        "--storage-dtype", choices=("fp32", "fp16", "bf16"), default=base.storage_dtype
+    )
+    parser.add_argument("--log-every", type=int, default=base.log_every)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=0, help="save OUT/checkpoint.pt every N steps"
+    )
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="evaluate the model already in --out (bits per byte table) instead of training",
+    )
+    parser.add_argument(
+        "--agnews",
+        type=Path,
+        default=None,
+        help="with --evaluate-only: also score this AG News test.csv (never used in training)",
+    )
+    parser.add_argument(
+        "--eval-stride",
+        type=int,
+        default=None,
+        help="new tokens per held-out window (default: half the context)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (same result as an uninterrupted run)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    shape = ModelShape(
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        context_tokens=args.context,
+    )
+    return TrainConfig(
+        data_dir=args.data_dir,
+        out_dir=args.out,
+        vocab_size=args.vocab_size,
+        shape=shape,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        peak_lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        min_lr_ratio=args.min_lr_ratio,
+        decay_fraction=args.decay_fraction,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        holdout_fraction=args.holdout_fraction,
+        threads=args.threads,
+        bf16_autocast=not args.no_bf16,
+        storage_dtype=args.storage_dtype,
+        log_every=args.log_every,
+        progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the small embedded language model",
+        description=(
+            "Train a byte-level BPE tokenizer and a small Llama decoder on Gutenberg books "
+            "(the last 5%% of every book's bytes is held out), deterministic given --seed."
+        ),
+    )
+    add_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.evaluate_only:
+        from nncd_ray.lm_eval import evaluate_model
+
+        report = evaluate_model(
+            str(args.out),
+            gutenberg_dir=args.data_dir,
+            agnews_csv=args.agnews,
+            stride=args.eval_stride,
+            holdout_fraction=args.holdout_fraction,
+        )
+        print(json.dumps(report, indent=2))
+        return 0
+    from nncd_ray.training import train_language_model
+
+    result = train_language_model(config_from_args(args))
+    summary = {
+        "out_dir": str(result.out_dir),
+        "parameters": result.parameters,
+        "train_tokens": result.train_tokens,
+        "tokens_seen": result.tokens_seen,
+        "wall_seconds": round(result.wall_seconds, 1),
+        "final_loss_nats": round(result.final_loss_nats, 4),
+    }
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,199 @@
+"""The embedded language model: data split, deterministic training, evaluation, shipped weights."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nncd_ray.errors import ConfigError, UnknownCompressor
+from nncd_ray.lm_eval import classical_bits, document_bits, heldout_bits
+from nncd_ray.models import embedded_model_dir, load_causal_lm
+from nncd_ray.training import (
+    ModelShape,
+    TrainConfig,
+    learning_rate,
+    load_books,
+    prepare_data,
+    split_book,
+    train_language_model,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+GUTENBERG = ROOT.parent / "shared" / "data" / "gutenberg"
+CPU = torch.device("cpu")
+MARKER = " Qzxv"  # appears only in the held-out tails of the test books
+
+TINY = ModelShape(
+    hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, context_tokens=64
+)
+
+
+def _book_text(seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    words = "the a of and to in was he it his that with her as had for you at on said cafe naive"
+    vocab = [*words.split(), "café", "naïve", "—", "“quoted”"]
+    lines = []
+    for _ in range(300):
+        lines.append(" ".join(rng.choice(vocab, size=12)).capitalize() + ".")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def books_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two small UTF-8 books whose last 5% (and only that) holds MARKER, 150 times."""
+    folder = tmp_path_factory.mktemp("books")
+    for seed in (1, 2):
+        body = _book_text(seed)
+        tail = MARKER * 150  # 750 bytes, < 5% of the ~17 kB book
+        (folder / f"b{seed}.txt").write_text(body + tail, encoding="utf-8")
+    for path in folder.glob("*.txt"):
+        data = path.read_bytes()
+        cut, _, _ = split_book(data, 0.05)
+        assert MARKER.encode() not in data[:cut] and MARKER.encode() in data[cut:]
+    return folder
+
+
+def _config(books_dir: Path, out: Path, **changes: object) -> TrainConfig:
+    base = TrainConfig(
+        data_dir=books_dir,
+        out_dir=out,
+        vocab_size=320,
+        shape=TINY,
+        steps=6,
+        batch_size=2,
+        warmup_steps=2,
+        threads=1,
+        progress=False,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_split_book_is_disjoint_and_on_a_character_boundary() -> None:
+    data = ("abc" + "é" * 50).encode()  # 2-byte characters: the 95% cut lands inside one
+    cut, train, heldout = split_book(data, 0.05)
+    assert train.encode() + heldout.encode() == data
+    assert cut == len(train.encode()) and len(data) - cut >= 0.05 * len(data)
+    with pytest.raises(ConfigError):
+        split_book(data, 1.5)
+
+
+@pytest.mark.skipif(not GUTENBERG.is_dir(), reason="shared Gutenberg data not present")
+def test_gutenberg_heldout_is_the_last_five_percent_of_every_book() -> None:
+    books = load_books(GUTENBERG)
+    assert len(books) == 13
+    for book in books:
+        data = (GUTENBERG / f"{book.name}.txt").read_bytes()
+        assert book.train.encode() == data[: book.cut_byte]
+        assert book.heldout.encode() == data[book.cut_byte :]
+        assert len(data) - book.cut_byte >= 0.05 * len(data)
+    assert sum(b.total_bytes - b.cut_byte for b in books) == 584_437  # PROTOCOL.md
+
+
+def test_training_data_and_tokenizer_never_see_heldout_bytes(
+    books_dir: Path, tmp_path: Path
+) -> None:
+    books, tokenizer, stream = prepare_data(_config(books_dir, tmp_path))
+    eos = tokenizer.eos_token_id
+    pieces = np.split(stream, np.flatnonzero(stream == eos) + 1)[:-1]
+    decoded = [tokenizer.decode(p[:-1].tolist()) for p in pieces]
+    assert decoded == [b.train for b in books]
+    assert all(MARKER not in text for text in decoded)
+    # 300 copies of " Qzxv" make it one token when the tokenizer sees the held-out tails
+    assert len(tokenizer(MARKER, add_special_tokens=False)["input_ids"]) == 5
+    _, leaky, _ = prepare_data(_config(books_dir, tmp_path, holdout_fraction=0.001))
+    assert len(leaky(MARKER, add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_learning_rate_schedule() -> None:
+    config = TrainConfig(data_dir=Path("."), out_dir=Path("."), steps=100, warmup_steps=10)
+    rates = [learning_rate(s, config) for s in range(100)]
+    assert rates[0] == pytest.approx(config.peak_lr / 10)
+    assert rates[9] == rates[50] == rates[74] == config.peak_lr  # stable until the decay
+    assert rates[99] == pytest.approx(config.peak_lr * config.min_lr_ratio)
+    assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
+
+
+def test_training_is_deterministic_and_resumable(books_dir: Path, tmp_path: Path) -> None:
+    first = train_language_model(_config(books_dir, tmp_path / "a"))
+    second = train_language_model(_config(books_dir, tmp_path / "b"))
+    weights_a = (first.out_dir / "model.safetensors").read_bytes()
+    assert weights_a == (second.out_dir / "model.safetensors").read_bytes()
+    log = [
+        json.loads(line) for line in (first.out_dir / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in log] == list(range(1, 7)) and math.isfinite(log[-1]["bpb"])
+    # a run stopped after 4 steps (checkpoint at 4, decay still ahead) resumed to 6 = fresh run
+    resumed = tmp_path / "c"
+    train_language_model(_config(books_dir, resumed, steps=5, checkpoint_every=4))
+    train_language_model(_config(books_dir, resumed, resume=True))
+    assert (resumed / "model.safetensors").read_bytes() == weights_a
+    with pytest.raises(ConfigError, match="other settings"):
+        train_language_model(_config(books_dir, resumed, resume=True, seed=3))
+    # the run must load like any saved model and score text
+    loaded = load_causal_lm(str(first.out_dir), device=CPU, dtype=torch.float32)
+    assert loaded.context_tokens == TINY.context_tokens
+    assert np.isfinite(document_bits(loaded, ["Hello there.", "A café"])).all()
+
+
+def test_heldout_windows_match_a_token_by_token_reference(tiny_llama_dir: Path) -> None:
+    loaded = load_causal_lm(str(tiny_llama_dir), device=CPU, dtype=torch.float32)
+    text = "It was the best of times, it was the worst of times, " * 30
+    ids = [*loaded.tokenizer(text, add_special_tokens=False)["input_ids"], loaded.eos_id]
+    context = loaded.context_tokens
+    assert len(ids) > context  # several windows
+    expected = 0.0
+    with torch.inference_mode():
+        for j, token in enumerate(ids):  # each token after [b] + up to context-2 previous tokens
+            prefix = [loaded.bos_id, *ids[max(0, j - (context - 2)) : j]]
+            logits = loaded.model(input_ids=torch.tensor([prefix])).logits[0, -1].float()
+            expected -= float(torch.log_softmax(logits, -1)[token]) / math.log(2)
+    assert heldout_bits(loaded, text, stride=1, batch_size=64) == pytest.approx(expected, rel=1e-5)
+    short = "A short document."
+    assert heldout_bits(loaded, short, stride=context - 1) == pytest.approx(
+        float(document_bits(loaded, [short])[0]), rel=1e-6
+    )
+
+
+def test_classical_bits() -> None:
+    data = b"the quick brown fox " * 20
+    assert classical_bits("gzip", data) == 8 * len(gzip.compress(data, 9))
+    assert classical_bits("zstd", data) > 0
+    with pytest.raises(UnknownCompressor):
+        classical_bits("brotli", data)
+
+
+@pytest.mark.skipif(
+    not (embedded_model_dir() / "config.json").exists(), reason="embedded model not built yet"
+)
+def test_shipped_model_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights = sum(f.stat().st_size for f in embedded_model_dir().glob("*.safetensors"))
+    assert 0 < weights <= 20 * 2**20
+    loaded = load_causal_lm(None, device=CPU, dtype=torch.float32)
+    assert loaded.fingerprint["model"] == "embedded"
+    assert loaded.context_tokens >= 2 * 126 + 3  # an AG News pair fits
+    text = "Stocks rose on Wall Street — café owners cheered (AP) 100%."
+    ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert loaded.tokenizer.decode(ids) == text and loaded.bos_id != loaded.eos_id
+    bits = document_bits(loaded, [text, "It was a dark and stormy night."])
+    assert (bits > 0).all() and bits[1] / len(b"It was a dark and stormy night.") < 6.0
+
+
+def test_train_cli_help() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "train_lm.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--steps" in result.stdout and "--resume" in result.stdout
