@@ -10,22 +10,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-COMMAND = "train"
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        from nncd_ray.cli.main import main as nncd
-    except ModuleNotFoundError as exc:
-        if exc.name != "nncd_ray":
-            raise
-        # a checkout that is not pip-installed: use the package beside jobs/
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from nncd_ray.cli.main import main as nncd
-    return nncd([COMMAND, *(sys.argv[1:] if argv is None else argv)])
-
+from _entry import run  # jobs/ is on sys.path when this file is run as a script
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("train"))
