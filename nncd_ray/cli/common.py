@@ -10,8 +10,9 @@ silently ignored.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nncd_ray.corpus import Corpus
@@ -43,6 +44,20 @@ LM_FLAGS: dict[str, str] = {
     "trust_remote_code": "--trust-remote-code",
     "prefix_cache": "--no-prefix-cache",
 }
+
+
+def parse_options(pairs: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as JSON when they parse)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} takes KEY=VALUE, not {pair!r}")
+        try:
+            options[key] = json.loads(raw)
+        except ValueError:
+            options[key] = raw
+    return options
 
 
 def positive_int(text: str) -> int:

@@ -10,10 +10,9 @@ a square store) and prints accuracy, macro-F1, bits per byte and confusion matri
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from nncd_ray.errors import ConfigError
+from nncd_ray.cli.common import parse_options
 from nncd_ray.evaluate import EvaluationConfig, evaluate_store
 from nncd_ray.ncd import VARIANTS
 
@@ -29,22 +28,6 @@ def parse_ks(text: str) -> tuple[int, ...]:
     if not values or any(k < 1 for k in values):
         raise argparse.ArgumentTypeError(f"--k values must be positive integers, not {text!r}")
     return values
-
-
-def storage_options_from_args(values: list[str] | None) -> dict[str, Any] | None:
-    """``KEY=VALUE`` pairs (VALUE parsed as JSON when it is JSON, else kept as a string)."""
-    if not values:
-        return None
-    options: dict[str, Any] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--storage-option takes KEY=VALUE, not {item!r}")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    return options
 
 
 def add_store_reading_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             variant=args.variant,
             allow_partial=args.allow_partial,
             block_rows=args.block_rows,
-            storage_options=storage_options_from_args(args.storage_option),
+            storage_options=parse_options(args.storage_option, "--storage-option") or None,
         )
     )
     if args.json:

@@ -12,13 +12,13 @@ import argparse
 import inspect
 import json
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from nncd_ray.cli.common import (
     add_input_arguments,
     add_scorer_arguments,
     inputs_from_args,
+    parse_options,
     positive_int,
     scorer_spec_from_args,
 )
@@ -107,20 +107,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_input_arguments(parser)
     add_scorer_arguments(parser)
     return parser
-
-
-def parse_options(pairs: Sequence[str], flag: str) -> dict[str, Any]:
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as JSON when they parse)."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} takes KEY=VALUE, not {pair!r}")
-        try:
-            options[key] = json.loads(raw)
-        except ValueError:
-            options[key] = raw
-    return options
 
 
 def scorer_spec(args: argparse.Namespace) -> ScorerSpec:

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from nncd_ray.cli.matrix import parse_options
+from nncd_ray.cli.common import parse_options
 from nncd_ray.lease import Lease
 from nncd_ray.store import MatrixStore
 

@@ -15,21 +15,12 @@ import argparse
 import sys
 from typing import Any
 
+from nncd_ray.cli.common import positive_int
 from nncd_ray.cli.knn import parse_ks
 from nncd_ray.errors import ConfigError
 from nncd_ray.ncd import VARIANTS
 from nncd_ray.protocols import DATA_ENV, PROTOCOLS, default_data_path
 from nncd_ray.study import StudyConfig, parse_compressors, run_study
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -63,11 +54,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--executor", choices=("local", "ray"), default="local", help="matrix engine (local)"
     )
     parser.add_argument(
-        "--actors", type=_positive, default=1, metavar="N", help="scorer actors for ray (1)"
+        "--actors", type=positive_int, default=1, metavar="N", help="scorer actors for ray (1)"
     )
     parser.add_argument("--address", metavar="ADDR", help="Ray cluster to join (ray executor)")
     parser.add_argument(
-        "--tile", type=_positive, default=64, metavar="T", help="tile edge in documents (64)"
+        "--tile", type=positive_int, default=64, metavar="T", help="tile edge in documents (64)"
     )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     progress = parser.add_mutually_exclusive_group()
