@@ -38,15 +38,13 @@ FALLBACK_TEXT: tuple[str, ...] = (
 )
 
 
-def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int, out_dir: str | Path | None = None
-) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer with BOS, EOS and PAD special tokens.
+def byte_level_bpe(lines: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer with BOS, EOS and PAD special tokens on ``lines`` as given.
 
     Byte-level means every UTF-8 string is encodable (the 256 byte symbols are always in the
     vocabulary), so ``vocab_size`` must be at least 259. The tokenizer adds no special tokens on
-    its own: the scorer places BOS/EOS explicitly (DESIGN.md §2). Saved with ``save_pretrained``
-    when ``out_dir`` is given.
+    its own: the scorer places BOS/EOS explicitly (DESIGN.md §2). Shared by the tiny test models
+    and the embedded model's training recipe.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -68,15 +66,23 @@ def train_bpe_tokenizer(
         initial_alphabet=alphabet,
         show_progress=False,
     )
-    lines = [t for t in texts if t.strip()] or list(FALLBACK_TEXT)
     backend.train_from_iterator(lines, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         model_max_length=1 << 30,
     )
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int, out_dir: str | Path | None = None
+) -> PreTrainedTokenizerFast:
+    """:func:`byte_level_bpe` on the non-blank ``texts`` (a built-in text when there are none),
+    saved with ``save_pretrained`` when ``out_dir`` is given."""
+    lines = [t for t in texts if t.strip()] or list(FALLBACK_TEXT)
+    tokenizer = byte_level_bpe(lines, vocab_size)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(str(out_dir))

@@ -26,14 +26,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from nncd_ray.errors import ConfigError, DatasetNotFound
+from nncd_ray.tiny_models import byte_level_bpe
 
 if TYPE_CHECKING:
     import torch
     from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-BOS_TOKEN = "<|bos|>"
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
 
 StorageDtype = Literal["fp32", "fp16", "bf16"]
 
@@ -136,36 +134,12 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
     The texts are fed paragraph by paragraph in the order given.
     """
     _single_threaded_tokenizers()
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    if vocab_size < len(alphabet) + len(specials):
-        raise ConfigError(f"vocab_size must be at least {len(alphabet) + len(specials)}")
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=specials,
-        initial_alphabet=alphabet,
-        show_progress=False,
-    )
 
     def paragraphs() -> Iterator[str]:
         for text in texts:
             yield from (p for p in text.split("\n\n") if p)
 
-    backend.train_from_iterator(paragraphs(), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        model_max_length=1 << 30,
-    )
+    return byte_level_bpe(paragraphs(), vocab_size)
 
 
 def encode_stream(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> np.ndarray:
