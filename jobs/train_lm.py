@@ -4,7 +4,7 @@
 ``python jobs/train_lm.py --help``; the shipped model was made with the command in
 ``nncd_ray/embedded/MODEL_CARD.md``, for example::
 
-    python jobs/train_lm.py --out /tmp/lm --steps 700
+    python jobs/train_lm.py --out /tmp/lm --steps 4400
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import numpy as np
 
 from nncd_ray.errors import ConfigError, DatasetNotFound
 from nncd_ray.tiny_models import byte_level_bpe
+from nncd_ray.training_docs import DocumentMix, build_documents, document_sequences
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 
 
 StorageDtype = Literal["fp32", "fp16", "bf16"]
+# "documents": [b] d1 [e] d2 [e] ... of paragraph groups (nncd_ray.training_docs);
+# "stream": windows of the books concatenated, one [e] per book (the first shipped model's recipe)
+Layout = Literal["documents", "stream"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +70,8 @@ class TrainConfig:
     out_dir: Path  # where the model, tokenizer, train_log.jsonl and training.json go
     vocab_size: int = 4096  # byte-level BPE vocabulary including the 3 special tokens
     shape: ModelShape = field(default_factory=ModelShape)
+    layout: Layout = "documents"  # how training sequences are made from the books
+    mix: DocumentMix = field(default_factory=DocumentMix)  # the "documents" layout's settings
     steps: int = 600  # optimizer steps (the schedule is step-based, never time-based)
     batch_size: int = 8  # sequences per step; tokens per step = batch_size x context_tokens
     peak_lr: float = 2e-3
@@ -253,6 +259,28 @@ def prepare_data(config: TrainConfig) -> tuple[list[BookSplit], PreTrainedTokeni
     return books, tokenizer, encode_stream(tokenizer, texts)
 
 
+def training_windows(
+    config: TrainConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    books: Sequence[BookSplit],
+    stream: np.ndarray,
+) -> Iterator[np.ndarray]:
+    """Endless ``(context,)`` int64 target windows in training order (each is fed after ``[b]``)."""
+    context = config.shape.context_tokens
+    if config.layout == "stream":
+        return (
+            stream[s : s + context]
+            for epoch in batch_order(len(stream), context, config.seed)
+            for s in epoch
+        )
+    if config.layout != "documents":
+        raise ConfigError(f"unknown layout {config.layout!r}; choose documents or stream")
+    limit = config.max_train_bytes_per_book
+    texts = [b.train if limit is None else b.train[:limit] for b in books]
+    docs = build_documents(tokenizer, texts, config.mix, config.seed)
+    return document_sequences(docs, context, int(tokenizer.eos_token_id), config.mix, config.seed)
+
+
 def train_language_model(config: TrainConfig) -> TrainResult:
     """Train, then save model (safetensors), tokenizer, ``training.json`` into ``config.out_dir``.
 
@@ -270,7 +298,6 @@ def train_language_model(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     books, tokenizer, stream = prepare_data(config)
     byte_len = torch.from_numpy(token_byte_lengths(tokenizer))
-    tokens = torch.from_numpy(stream)
     torch.manual_seed(config.seed)
     model = build_model(config.shape, tokenizer)
     model.train()
@@ -282,9 +309,9 @@ def train_language_model(config: TrainConfig) -> TrainResult:
     if config.resume:
         first_step, elapsed_before = load_checkpoint(checkpoint, model, optimizer, config)
     started -= elapsed_before
-    offsets = (int(s) for epoch in batch_order(len(stream), context, config.seed) for s in epoch)
+    windows = training_windows(config, tokenizer, books, stream)
     for _ in range(first_step * config.batch_size):  # the windows the checkpoint already saw
-        next(offsets)
+        next(windows)
     log_path = out / "train_log.jsonl"
     _truncate_log(log_path, first_step)
     bar = _progress(config, first_step)
@@ -294,9 +321,8 @@ def train_language_model(config: TrainConfig) -> TrainResult:
             lr = learning_rate(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            starts = [next(offsets) for _ in range(config.batch_size)]
-            targets = torch.stack([tokens[s : s + context] for s in starts])
-            inputs = torch.cat([torch.full((len(starts), 1), bos), targets[:, :-1]], dim=1)
+            targets = torch.from_numpy(np.stack([next(windows) for _ in range(config.batch_size)]))
+            inputs = torch.cat([torch.full((len(targets), 1), bos), targets[:, :-1]], dim=1)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast):
                 logits = model(input_ids=inputs).logits
             loss = torch.nn.functional.cross_entropy(

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from nncd_ray.training import ModelShape, TrainConfig
+from nncd_ray.training_docs import DocumentMix
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "gutenberg"
 
@@ -33,6 +34,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intermediate-size", type=int, default=shape.intermediate_size)
     parser.add_argument("--layers", type=int, default=shape.num_layers)
     parser.add_argument("--heads", type=int, default=shape.num_heads)
+    mix = base.mix
+    parser.add_argument(
+        "--layout",
+        choices=("documents", "stream"),
+        default=base.layout,
+        help="training sequences: [b] d1 [e] d2 [e] ... of paragraph groups, or windows of the "
+        "concatenated books",
+    )
+    parser.add_argument("--doc-min-tokens", type=int, default=mix.min_tokens)
+    parser.add_argument("--doc-max-tokens", type=int, default=mix.max_tokens)
+    parser.add_argument(
+        "--continue-prob",
+        type=float,
+        default=mix.continue_prob,
+        help="chance that the next document is the next one of the same book",
+    )
+    parser.add_argument(
+        "--repeat-prob",
+        type=float,
+        default=mix.repeat_prob,
+        help="chance that the next document repeats an earlier one of the sequence",
+    )
+    parser.add_argument(
+        "--unwrap-prob",
+        type=float,
+        default=mix.unwrap_prob,
+        help="chance that a document's hard line wraps are joined with spaces",
+    )
+    parser.add_argument(
+        "--copy-task-prob",
+        type=float,
+        default=mix.copy_task_prob,
+        help="chance that a sequence is a copy drill (a shuffled document, twice)",
+    )
     parser.add_argument("--lr", type=float, default=base.peak_lr, help="peak learning rate")
     parser.add_argument("--warmup-steps", type=int, default=base.warmup_steps)
     parser.add_argument("--min-lr-ratio", type=float, default=base.min_lr_ratio)
@@ -99,6 +134,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         out_dir=args.out,
         vocab_size=args.vocab_size,
         shape=shape,
+        layout=args.layout,
+        mix=DocumentMix(
+            min_tokens=args.doc_min_tokens,
+            max_tokens=args.doc_max_tokens,
+            continue_prob=args.continue_prob,
+            repeat_prob=args.repeat_prob,
+            unwrap_prob=args.unwrap_prob,
+            copy_task_prob=args.copy_task_prob,
+        ),
         steps=args.steps,
         batch_size=args.batch_size,
         peak_lr=args.lr,

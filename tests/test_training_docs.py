@@ -1,0 +1,131 @@
+"""Training sequences of documents joined by [e] (nncd_ray.training_docs)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nncd_ray.errors import ConfigError
+from nncd_ray.tiny_models import byte_level_bpe
+from nncd_ray.training import TrainConfig, training_windows
+from nncd_ray.training_docs import DocumentMix, build_documents, document_sequences
+
+EOS = 1
+
+
+def _book(name: str, paragraphs: int) -> str:
+    return "\n\n".join(
+        f"{name} paragraph {i} says\nthat the {name} story goes on, line {i}."
+        for i in range(paragraphs)
+    )
+
+
+BOOKS = [_book("Alpha", 40), _book("Beta", 30)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():  # type: ignore[no-untyped-def]
+    return byte_level_bpe(BOOKS, 300)
+
+
+def _decode(tokenizer, ids: np.ndarray) -> str:  # type: ignore[no-untyped-def]
+    return str(tokenizer.decode(ids.tolist()))
+
+
+def test_documents_are_whole_paragraphs_in_book_order(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    mix = DocumentMix(min_tokens=10, max_tokens=60, unwrap_prob=0.0)
+    docs = build_documents(tokenizer, BOOKS, mix, seed=0)
+    assert all(1 <= len(d) <= 60 for d in docs.ids)
+    for index, text in enumerate(BOOKS):
+        members = np.flatnonzero(docs.book == index)
+        # each book's documents chain through next_in_book, and the last one has no follower
+        assert list(docs.next_in_book[members[:-1]]) == list(members[1:])
+        assert docs.next_in_book[members[-1]] == -1
+        joined = "\n\n".join(_decode(tokenizer, docs.ids[i]) for i in members)
+        assert joined == text  # nothing lost, nothing reordered, cuts only between paragraphs
+    assert len({len(d) for d in docs.ids}) > 1  # lengths are drawn, not fixed
+
+
+def test_unwrap_joins_line_wraps_but_keeps_paragraphs(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    docs = build_documents(tokenizer, BOOKS, DocumentMix(unwrap_prob=1.0, max_tokens=254), seed=0)
+    text = _decode(tokenizer, docs.ids[0])
+    assert "says that" in text and "says\nthat" not in text and "\n\n" in text
+
+
+def test_long_paragraphs_are_cut_to_max_tokens(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    long = " ".join(["word"] * 500)
+    docs = build_documents(tokenizer, [long], DocumentMix(max_tokens=64), seed=0)
+    assert max(len(d) for d in docs.ids) == 64 and len(docs.ids) > 5
+
+
+def test_sequences_join_documents_with_eos_deterministically(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    docs = build_documents(tokenizer, BOOKS, DocumentMix(max_tokens=60), seed=0)
+    mix = DocumentMix(continue_prob=0.5, repeat_prob=0.1, copy_task_prob=0.0)
+    first = list(itertools.islice(document_sequences(docs, 128, EOS, mix, seed=3), 20))
+    again = list(itertools.islice(document_sequences(docs, 128, EOS, mix, seed=3), 20))
+    other = list(itertools.islice(document_sequences(docs, 128, EOS, mix, seed=4), 20))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    starts = {tuple(d[:8]) for d in docs.ids}
+    for sequence in first:
+        assert sequence.shape == (128,) and sequence.dtype == np.int64
+        assert tuple(sequence[:8]) in starts  # every sequence starts at a document's start
+        assert (sequence == EOS).any()
+
+
+def test_repeat_and_continue_choose_the_next_document(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    docs = build_documents(tokenizer, BOOKS, DocumentMix(min_tokens=5, max_tokens=20), seed=0)
+    repeat = next(
+        document_sequences(docs, 200, EOS, DocumentMix(repeat_prob=1.0, continue_prob=0.0), 0)
+    )
+    pieces = np.split(repeat, np.flatnonzero(repeat == EOS) + 1)
+    assert np.array_equal(pieces[0], pieces[1])  # only one earlier document: it comes again
+    follow = next(
+        document_sequences(
+            docs, 200, EOS, DocumentMix(repeat_prob=0.0, continue_prob=1.0, copy_task_prob=0.0), 1
+        )
+    )
+    pieces = [p[:-1] for p in np.split(follow, np.flatnonzero(follow == EOS) + 1)[:-1]]
+    index = [next(i for i, d in enumerate(docs.ids) if np.array_equal(d, p)) for p in pieces[:3]]
+    assert index[1] == docs.next_in_book[index[0]] or docs.next_in_book[index[0]] == -1
+
+
+@pytest.mark.parametrize(
+    "mix",
+    [
+        DocumentMix(min_tokens=0),
+        DocumentMix(min_tokens=50, max_tokens=10),
+        DocumentMix(continue_prob=0.8, repeat_prob=0.3),
+        DocumentMix(unwrap_prob=1.5),
+    ],
+)
+def test_bad_mix_is_refused(tokenizer, mix: DocumentMix) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError):
+        build_documents(tokenizer, BOOKS, mix, seed=0)
+
+
+def test_stream_layout_is_windows_of_the_stream(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    config = TrainConfig(data_dir=Path("."), out_dir=Path("."), layout="stream")
+    stream = np.arange(5000, dtype=np.int64)
+    windows = list(itertools.islice(training_windows(config, tokenizer, [], stream), 5))
+    context = config.shape.context_tokens
+    assert all(
+        len(w) == context and np.array_equal(w, np.arange(w[0], w[0] + context)) for w in windows
+    )
+    with pytest.raises(ConfigError, match="layout"):
+        training_windows(
+            TrainConfig(data_dir=Path("."), out_dir=Path("."), layout="x"), tokenizer, [], stream
+        )  # type: ignore[arg-type]
+
+
+def test_copy_drill_repeats_a_shuffled_document(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    docs = build_documents(tokenizer, BOOKS, DocumentMix(min_tokens=5, max_tokens=20), seed=0)
+    drill = next(document_sequences(docs, 120, EOS, DocumentMix(copy_task_prob=1.0), 0))
+    pieces = [p[:-1] for p in np.split(drill, np.flatnonzero(drill == EOS) + 1)[:-1]]
+    assert len(pieces) >= 4
+    assert np.array_equal(pieces[0], pieces[1]) and np.array_equal(pieces[2], pieces[3])
+    sorted_docs = {tuple(sorted(d.tolist())) for d in docs.ids}
+    assert tuple(sorted(pieces[0].tolist())) in sorted_docs  # a permutation of one document
