@@ -253,10 +253,15 @@ class TrainResult:
 def prepare_data(config: TrainConfig) -> tuple[list[BookSplit], PreTrainedTokenizerFast, Any]:
     """Books, the tokenizer trained on their training parts, and the training token stream."""
     books = load_books(config.data_dir, config.holdout_fraction, config.max_books)
-    limit = config.max_train_bytes_per_book
-    texts = [b.train if limit is None else b.train[:limit] for b in books]
+    texts = training_texts(books, config)
     tokenizer = train_tokenizer(texts, config.vocab_size)
     return books, tokenizer, encode_stream(tokenizer, texts)
+
+
+def training_texts(books: Sequence[BookSplit], config: TrainConfig) -> list[str]:
+    """The part of every book that is trained on (cut to ``max_train_bytes_per_book`` if set)."""
+    limit = config.max_train_bytes_per_book
+    return [b.train if limit is None else b.train[:limit] for b in books]
 
 
 def training_windows(
@@ -275,9 +280,7 @@ def training_windows(
         )
     if config.layout != "documents":
         raise ConfigError(f"unknown layout {config.layout!r}; choose documents or stream")
-    limit = config.max_train_bytes_per_book
-    texts = [b.train if limit is None else b.train[:limit] for b in books]
-    docs = build_documents(tokenizer, texts, config.mix, config.seed)
+    docs = build_documents(tokenizer, training_texts(books, config), config.mix, config.seed)
     return document_sequences(docs, context, int(tokenizer.eos_token_id), config.mix, config.seed)
 
 

@@ -72,10 +72,6 @@ class Documents:
     next_in_book: np.ndarray  # (n_docs,) int64
     book: np.ndarray  # (n_docs,) int64 index of the book
 
-    @property
-    def n_tokens(self) -> int:
-        return sum(len(d) for d in self.ids)
-
 
 def _paragraph_groups(
     paragraphs: Sequence[str],
@@ -89,19 +85,22 @@ def _paragraph_groups(
     groups: list[str] = []
     current: list[str] = []
     size, target = 0, int(rng.integers(mix.min_tokens, mix.max_tokens + 1))
+
+    def close_group() -> None:
+        nonlocal current, size, target
+        groups.append("\n\n".join(current))
+        current, size = [], 0
+        target = int(rng.integers(mix.min_tokens, mix.max_tokens + 1))
+
     for paragraph, length in zip(paragraphs, lengths, strict=True):
         if current:
             length += separator
         if current and size + length > target:
-            groups.append("\n\n".join(current))
-            current, size = [], 0
-            target = int(rng.integers(mix.min_tokens, mix.max_tokens + 1))
+            close_group()
         current.append(paragraph)
         size += length
         if size >= target:
-            groups.append("\n\n".join(current))
-            current, size = [], 0
-            target = int(rng.integers(mix.min_tokens, mix.max_tokens + 1))
+            close_group()
     if current:
         groups.append("\n\n".join(current))
     return groups

@@ -31,6 +31,11 @@ def tokenizer():  # type: ignore[no-untyped-def]
     return byte_level_bpe(BOOKS, 300)
 
 
+def _documents_in(sequence: np.ndarray) -> list[np.ndarray]:
+    """The complete documents of a training sequence, without their [e] (a cut tail is dropped)."""
+    return [p[:-1] for p in np.split(sequence, np.flatnonzero(sequence == EOS) + 1)[:-1]]
+
+
 def _decode(tokenizer, ids: np.ndarray) -> str:  # type: ignore[no-untyped-def]
     return str(tokenizer.decode(ids.tolist()))
 
@@ -81,14 +86,14 @@ def test_repeat_and_continue_choose_the_next_document(tokenizer) -> None:  # typ
     repeat = next(
         document_sequences(docs, 200, EOS, DocumentMix(repeat_prob=1.0, continue_prob=0.0), 0)
     )
-    pieces = np.split(repeat, np.flatnonzero(repeat == EOS) + 1)
+    pieces = _documents_in(repeat)
     assert np.array_equal(pieces[0], pieces[1])  # only one earlier document: it comes again
     follow = next(
         document_sequences(
             docs, 200, EOS, DocumentMix(repeat_prob=0.0, continue_prob=1.0, copy_task_prob=0.0), 1
         )
     )
-    pieces = [p[:-1] for p in np.split(follow, np.flatnonzero(follow == EOS) + 1)[:-1]]
+    pieces = _documents_in(follow)
     index = [next(i for i, d in enumerate(docs.ids) if np.array_equal(d, p)) for p in pieces[:3]]
     assert index[1] == docs.next_in_book[index[0]] or docs.next_in_book[index[0]] == -1
 
@@ -124,7 +129,7 @@ def test_stream_layout_is_windows_of_the_stream(tokenizer) -> None:  # type: ign
 def test_copy_drill_repeats_a_shuffled_document(tokenizer) -> None:  # type: ignore[no-untyped-def]
     docs = build_documents(tokenizer, BOOKS, DocumentMix(min_tokens=5, max_tokens=20), seed=0)
     drill = next(document_sequences(docs, 120, EOS, DocumentMix(copy_task_prob=1.0), 0))
-    pieces = [p[:-1] for p in np.split(drill, np.flatnonzero(drill == EOS) + 1)[:-1]]
+    pieces = _documents_in(drill)
     assert len(pieces) >= 4
     assert np.array_equal(pieces[0], pieces[1]) and np.array_equal(pieces[2], pieces[3])
     sorted_docs = {tuple(sorted(d.tolist())) for d in docs.ids}
