@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from nncd_ray.copy_circuit import seed_copy_circuit
 from nncd_ray.errors import ConfigError, DatasetNotFound
 from nncd_ray.tiny_models import byte_level_bpe
 from nncd_ray.training_docs import DocumentMix, build_documents, document_sequences
@@ -71,6 +72,7 @@ class TrainConfig:
     vocab_size: int = 4096  # byte-level BPE vocabulary including the 3 special tokens
     shape: ModelShape = field(default_factory=ModelShape)
     layout: Layout = "documents"  # how training sequences are made from the books
+    copy_circuit: bool = False  # start from weights holding a copy circuit (nncd_ray.copy_circuit)
     mix: DocumentMix = field(default_factory=DocumentMix)  # the "documents" layout's settings
     steps: int = 600  # optimizer steps (the schedule is step-based, never time-based)
     batch_size: int = 8  # sequences per step; tokens per step = batch_size x context_tokens
@@ -79,6 +81,7 @@ class TrainConfig:
     warmup_steps: int = 30
     decay_fraction: float = 0.25  # last fraction of the steps decays linearly (WSD schedule)
     weight_decay: float = 0.1  # on 2-D weight matrices only
+    embedding_lr_scale: float = 1.0  # the (tied) embedding learns at this x the schedule's rate
     grad_clip: float = 1.0
     seed: int = 0
     holdout_fraction: float = 0.05  # last fraction of every book's bytes, never trained on
@@ -229,15 +232,25 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on 2-D weights except the embedding, which has its own learning rate
+    (``embedding_lr_scale`` x the schedule's rate, set by ``_set_learning_rate``)."""
     import torch
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    named = list(model.named_parameters())
+    embed = [p for n, p in named if "embed" in n]
+    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+    other = [p for n, p in named if p.ndim < 2 and "embed" not in n]
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": other, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},
+        {"params": other, "weight_decay": 0.0, "lr_scale": 1.0},
+        {"params": embed, "weight_decay": 0.0, "lr_scale": config.embedding_lr_scale},
     ]
     return torch.optim.AdamW(groups, lr=config.peak_lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def _set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,6 +307,8 @@ def train_language_model(config: TrainConfig) -> TrainResult:
 
     if config.steps < 1 or config.batch_size < 1:
         raise ConfigError("steps and batch_size must be positive")
+    if config.embedding_lr_scale < 0:
+        raise ConfigError("embedding_lr_scale must be zero or more")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     out = Path(config.out_dir)
@@ -303,6 +318,8 @@ def train_language_model(config: TrainConfig) -> TrainResult:
     byte_len = torch.from_numpy(token_byte_lengths(tokenizer))
     torch.manual_seed(config.seed)
     model = build_model(config.shape, tokenizer)
+    if config.copy_circuit:
+        seed_copy_circuit(model)
     model.train()
     optimizer = _optimizer(model, config)
     context = config.shape.context_tokens
@@ -322,8 +339,7 @@ def train_language_model(config: TrainConfig) -> TrainResult:
     with log_path.open("a") as log:
         for step in range(first_step, config.steps):
             lr = learning_rate(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            _set_learning_rate(optimizer, lr)
             targets = torch.from_numpy(np.stack([next(windows) for _ in range(config.batch_size)]))
             inputs = torch.cat([torch.full((len(targets), 1), bos), targets[:, :-1]], dim=1)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast):

@@ -145,6 +145,27 @@ def test_training_is_deterministic_and_resumable(books_dir: Path, tmp_path: Path
     assert np.isfinite(document_bits(loaded, ["Hello there.", "A café"])).all()
 
 
+def test_copy_circuit_seed_and_embedding_learning_rate(books_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    shape = ModelShape(
+        hidden_size=64, intermediate_size=64, num_layers=2, num_heads=4, context_tokens=64
+    )
+
+    def embedding(out: Path, scale: float) -> torch.Tensor:
+        config = _config(books_dir, out, shape=shape, copy_circuit=True, embedding_lr_scale=scale)
+        train_language_model(config)
+        return load_file(out / "model.safetensors")["model.embed_tokens.weight"]
+
+    frozen = embedding(tmp_path / "frozen", 0.0)
+    assert torch.all(frozen[:, -1] == 0.1)  # the circuit's constant direction, untouched
+    assert torch.all(frozen[:, 32:48] == 0)  # its reserved previous-token band, untouched
+    learned = embedding(tmp_path / "learned", 1.0)
+    assert not torch.all(learned[:, 32:48] == 0)
+    with pytest.raises(ConfigError, match="embedding_lr_scale"):
+        train_language_model(_config(books_dir, tmp_path / "bad", embedding_lr_scale=-1.0))
+
+
 def test_heldout_windows_match_a_token_by_token_reference(tiny_llama_dir: Path) -> None:
     loaded = load_causal_lm(str(tiny_llama_dir), device=CPU, dtype=torch.float32)
     text = "It was the best of times, it was the worst of times, " * 30

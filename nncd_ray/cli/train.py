@@ -68,7 +68,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=mix.copy_task_prob,
         help="chance that a sequence is a copy drill (a shuffled document, twice)",
     )
+    parser.add_argument(
+        "--copy-circuit",
+        action=argparse.BooleanOptionalAction,
+        default=base.copy_circuit,
+        help="start from weights that already hold a copy (induction) circuit",
+    )
     parser.add_argument("--lr", type=float, default=base.peak_lr, help="peak learning rate")
+    parser.add_argument(
+        "--embedding-lr-scale",
+        type=float,
+        default=base.embedding_lr_scale,
+        help="the token embedding learns at this times the learning rate",
+    )
     parser.add_argument("--warmup-steps", type=int, default=base.warmup_steps)
     parser.add_argument("--min-lr-ratio", type=float, default=base.min_lr_ratio)
     parser.add_argument(
@@ -135,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         vocab_size=args.vocab_size,
         shape=shape,
         layout=args.layout,
+        copy_circuit=args.copy_circuit,
         mix=DocumentMix(
             min_tokens=args.doc_min_tokens,
             max_tokens=args.doc_max_tokens,
@@ -146,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         steps=args.steps,
         batch_size=args.batch_size,
         peak_lr=args.lr,
+        embedding_lr_scale=args.embedding_lr_scale,
         warmup_steps=args.warmup_steps,
         min_lr_ratio=args.min_lr_ratio,
         decay_fraction=args.decay_fraction,
