@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -53,11 +53,18 @@ class CopyCircuit:
     copy_gain: float = 0.5  # induction head: how strongly the attended token is written back
 
 
+def _rope_parameters(model: LlamaForCausalLM) -> dict[str, Any]:
+    rope = getattr(model.config, "rope_parameters", None)
+    if not rope or "rope_theta" not in rope:
+        raise ConfigError("the copy circuit needs the model's RoPE parameters (rope_theta)")
+    return dict(rope)
+
+
 def rope_frequencies(model: LlamaForCausalLM) -> torch.Tensor:
     """Per-pair angular frequencies (radians per position) of the model's default RoPE."""
     config = model.config
     head_dim = config.hidden_size // config.num_attention_heads
-    base = float(config.rope_parameters["rope_theta"])
+    base = float(_rope_parameters(model)["rope_theta"])
     return base ** (-torch.arange(head_dim // 2, dtype=torch.float64) * 2 / head_dim)
 
 
@@ -75,7 +82,7 @@ def seed_copy_circuit(model: LlamaForCausalLM, circuit: CopyCircuit | None = Non
         raise ConfigError(f"hidden size {hidden} is too small for the copy circuit's bands")
     if not (0 < c.position_pairs <= half and 0 < c.match_pairs <= half):
         raise ConfigError(f"position_pairs and match_pairs must be in 1..{half}")
-    rope = config.rope_parameters.get("rope_type", "default")
+    rope = _rope_parameters(model).get("rope_type", "default")
     if rope != "default":
         raise ConfigError(f"the copy circuit is written for default RoPE, not {rope!r}")
     theta = rope_frequencies(model)
