@@ -23,6 +23,9 @@ The model stays a plain ``LlamaForCausalLM``; nothing about loading or scoring c
 The circuit lives in small weights (the embedding has sigma 0.02) and Adam moves every weight by
 about the learning rate per step: at 2e-3 it was gone within 40 steps (measured), at 5e-4 with the
 embedding learning at a tenth of that (``embedding_lr_scale=0.1``) it survived and grew stronger.
+Raising the rate once it had grown for 400 steps still wore it away (measured at 1.5e-3), so
+:class:`CircuitLock` pins its weights from then on while everything else learns at the full rate
+(``TrainConfig.lock_circuit``).
 """
 
 from __future__ import annotations
@@ -66,6 +69,43 @@ def rope_frequencies(model: LlamaForCausalLM) -> torch.Tensor:
     head_dim = config.hidden_size // config.num_attention_heads
     base = float(_rope_parameters(model)["rope_theta"])
     return base ** (-torch.arange(head_dim // 2, dtype=torch.float64) * 2 / head_dim)
+
+
+class CircuitLock:
+    """Pins the circuit's weights: :meth:`restore` writes back the values they had when the lock
+    was made, so the optimizer (and its weight decay) cannot wear the circuit away.
+
+    Pinned: both circuit heads' query, key and value rows and their output columns, and the
+    embedding's constant and reserved-band dimensions. The token dimensions the heads read keep
+    learning; the heads read and write them through the same (tied) embedding, so matching and
+    copying stay consistent as the embedding changes.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, circuit: CopyCircuit | None = None) -> None:
+        c = circuit or CopyCircuit()
+        config = model.config
+        hidden, n_heads = config.hidden_size, config.num_attention_heads
+        head_dim = hidden // n_heads
+        heads, band = slice(0, head_dim), hidden // 2
+        self._slices: list[tuple[torch.Tensor, tuple[slice, ...]]] = []
+        for layer in (c.prev_layer, c.prev_layer + 1):
+            attn = model.model.layers[layer].self_attn
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                self._slices.append((proj.weight, (heads, slice(None))))
+            self._slices.append((attn.o_proj.weight, (slice(None), heads)))
+        embed = model.model.embed_tokens.weight
+        self._slices.append((embed, (slice(None), slice(band, band + head_dim))))
+        self._slices.append((embed, (slice(None), slice(hidden - 1, hidden))))
+        self._saved = [weight[index].detach().clone() for weight, index in self._slices]
+
+    @property
+    def numel(self) -> int:
+        return sum(saved.numel() for saved in self._saved)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for (weight, index), saved in zip(self._slices, self._saved, strict=True):
+                weight[index] = saved
 
 
 def seed_copy_circuit(model: LlamaForCausalLM, circuit: CopyCircuit | None = None) -> None:

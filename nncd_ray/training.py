@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from nncd_ray.copy_circuit import seed_copy_circuit
+from nncd_ray.copy_circuit import CircuitLock, seed_copy_circuit
 from nncd_ray.errors import ConfigError, DatasetNotFound
 from nncd_ray.tiny_models import byte_level_bpe
 from nncd_ray.training_docs import DocumentMix, build_documents, document_sequences
@@ -82,6 +82,16 @@ class TrainConfig:
     decay_fraction: float = 0.25  # last fraction of the steps decays linearly (WSD schedule)
     weight_decay: float = 0.1  # on 2-D weight matrices only
     embedding_lr_scale: float = 1.0  # the (tied) embedding learns at this x the schedule's rate
+    # An optional early phase that keeps a seeded copy circuit alive while the loss comes to rely
+    # on it: the first ``early_steps`` run at ``early_lr`` with the embedding at
+    # ``early_embedding_lr_scale``; both then move linearly to ``peak_lr`` / ``embedding_lr_scale``
+    # over ``ramp_steps``. ``early_steps = 0`` turns the phase off.
+    early_steps: int = 0
+    early_lr: float = 5e-4
+    early_embedding_lr_scale: float = 0.1
+    ramp_steps: int = 100
+    # pin the copy circuit's weights from the end of the early phase on (CircuitLock)
+    lock_circuit: bool = False
     grad_clip: float = 1.0
     seed: int = 0
     holdout_fraction: float = 0.05  # last fraction of every book's bytes, never trained on
@@ -214,26 +224,42 @@ def batch_order(n_tokens: int, context: int, seed: int) -> Iterator[np.ndarray]:
         yield starts[rng.permutation(len(starts))]
 
 
+def _phase(step: int, config: TrainConfig) -> float:
+    """How far ``step`` is from the early phase (0) to the main one (1)."""
+    if config.early_steps <= 0 or step < config.early_steps:
+        return 0.0 if config.early_steps > 0 else 1.0
+    return min(1.0, (step - config.early_steps + 1) / config.ramp_steps)
+
+
 def learning_rate(step: int, config: TrainConfig) -> float:
     """Warmup-stable-decay: linear warmup, constant ``peak_lr``, linear decay over the last
-    ``decay_fraction`` of the steps to ``peak_lr * min_lr_ratio``.
+    ``decay_fraction`` of the steps to ``peak_lr * min_lr_ratio``. With ``early_steps`` the
+    warmup and the stable part start at ``early_lr`` and ramp to ``peak_lr`` after the early phase.
 
     Before the decay starts the rate does not depend on ``steps``, so a run checkpointed there can
     be resumed with a different ``steps`` and still equal a fresh run with that ``steps``.
     """
+    phase = _phase(step, config)
+    stable = config.early_lr + (config.peak_lr - config.early_lr) * phase
     if step < config.warmup_steps:
-        return config.peak_lr * (step + 1) / config.warmup_steps
+        return stable * (step + 1) / config.warmup_steps
     decay_steps = max(1, round(config.steps * config.decay_fraction))
     decay_start = config.steps - decay_steps
     if step < decay_start:
-        return config.peak_lr
+        return stable
     progress = (step - decay_start + 1) / decay_steps
     return config.peak_lr * (1.0 - (1.0 - config.min_lr_ratio) * progress)
 
 
+def embedding_lr_scale(step: int, config: TrainConfig) -> float:
+    """The embedding's multiple of :func:`learning_rate` at ``step``."""
+    early, late = config.early_embedding_lr_scale, config.embedding_lr_scale
+    return early + (late - early) * _phase(step, config)
+
+
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay on 2-D weights except the embedding, which has its own learning rate
-    (``embedding_lr_scale`` x the schedule's rate, set by ``_set_learning_rate``)."""
+    (:func:`embedding_lr_scale` x the schedule's rate, set by ``_set_learning_rate``)."""
     import torch
 
     named = list(model.named_parameters())
@@ -241,16 +267,19 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
     decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
     other = [p for n, p in named if p.ndim < 2 and "embed" not in n]
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},
-        {"params": other, "weight_decay": 0.0, "lr_scale": 1.0},
-        {"params": embed, "weight_decay": 0.0, "lr_scale": config.embedding_lr_scale},
+        {"params": decay, "weight_decay": config.weight_decay, "embedding": False},
+        {"params": other, "weight_decay": 0.0, "embedding": False},
+        {"params": embed, "weight_decay": 0.0, "embedding": True},
     ]
     return torch.optim.AdamW(groups, lr=config.peak_lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def _set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def _set_learning_rate(optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> float:
+    lr = learning_rate(step, config)
+    embedding_scale = embedding_lr_scale(step, config)
     for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
+        group["lr"] = lr * (embedding_scale if group["embedding"] else 1.0)
+    return lr
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -307,8 +336,18 @@ def train_language_model(config: TrainConfig) -> TrainResult:
 
     if config.steps < 1 or config.batch_size < 1:
         raise ConfigError("steps and batch_size must be positive")
-    if config.embedding_lr_scale < 0:
-        raise ConfigError("embedding_lr_scale must be zero or more")
+    if config.embedding_lr_scale < 0 or config.early_embedding_lr_scale < 0:
+        raise ConfigError("embedding_lr_scale and early_embedding_lr_scale must be zero or more")
+    if config.lock_circuit and not config.copy_circuit:
+        raise ConfigError("lock_circuit needs copy_circuit")
+    if config.early_steps < 0 or config.ramp_steps < 1:
+        raise ConfigError("early_steps must be zero or more and ramp_steps positive")
+    decay_start = config.steps - max(1, round(config.steps * config.decay_fraction))
+    if config.early_steps and config.early_steps + config.ramp_steps > decay_start:
+        raise ConfigError(
+            f"early_steps + ramp_steps = {config.early_steps + config.ramp_steps} runs into the "
+            f"decay, which starts at step {decay_start}"
+        )
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     out = Path(config.out_dir)
@@ -336,10 +375,12 @@ def train_language_model(config: TrainConfig) -> TrainResult:
     _truncate_log(log_path, first_step)
     bar = _progress(config, first_step)
     loss_value = float("nan")
+    lock = None
     with log_path.open("a") as log:
         for step in range(first_step, config.steps):
-            lr = learning_rate(step, config)
-            _set_learning_rate(optimizer, lr)
+            if config.lock_circuit and lock is None and step >= config.early_steps:
+                lock = CircuitLock(model)  # a resumed run re-reads the same, restored values
+            lr = _set_learning_rate(optimizer, step, config)
             targets = torch.from_numpy(np.stack([next(windows) for _ in range(config.batch_size)]))
             inputs = torch.cat([torch.full((len(targets), 1), bos), targets[:, :-1]], dim=1)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast):
@@ -351,6 +392,8 @@ def train_language_model(config: TrainConfig) -> TrainResult:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            if lock is not None:
+                lock.restore()
             loss_value = loss.item()
             batch_bytes = int(byte_len[targets].sum())
             bpb = loss_value * targets.numel() / math.log(2) / max(1, batch_bytes)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from nncd_ray.copy_circuit import CopyCircuit, seed_copy_circuit
+from nncd_ray.copy_circuit import CircuitLock, CopyCircuit, seed_copy_circuit
 from nncd_ray.errors import ConfigError
 
 
@@ -44,6 +44,34 @@ def test_a_seeded_model_copies_before_training() -> None:
     s_first, s_second = _halves(seeded)
     assert second > 0.97 * first  # a random model does not copy
     assert s_second < 0.8 * s_first  # the seeded one does, at any distance up to 150 tokens
+
+
+def test_a_circuit_lock_restores_the_circuit_and_only_the_circuit() -> None:
+    model = _model(layers=3)
+    seed_copy_circuit(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lock = CircuitLock(model)
+    assert lock.numel == 2 * 4 * 64 * 256 + 1024 * 65  # two heads' q/k/v/o, two embedding bands
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    lock.restore()
+    after = dict(model.named_parameters())
+    pinned = [
+        ("model.layers.0.self_attn.q_proj.weight", (slice(0, 64), slice(None))),
+        ("model.layers.1.self_attn.o_proj.weight", (slice(None), slice(0, 64))),
+        ("model.embed_tokens.weight", (slice(None), slice(128, 192))),
+        ("model.embed_tokens.weight", (slice(None), slice(255, 256))),
+    ]
+    for name, index in pinned:
+        assert torch.equal(after[name][index], before[name][index])
+    free = [
+        ("model.layers.0.self_attn.q_proj.weight", (slice(64, None), slice(None))),
+        ("model.layers.2.self_attn.q_proj.weight", (slice(0, 64), slice(None))),
+        ("model.embed_tokens.weight", (slice(None), slice(0, 128))),
+    ]
+    for name, index in free:
+        assert not torch.equal(after[name][index], before[name][index])
 
 
 def test_the_previous_token_head_aims_at_distance_one() -> None:

@@ -21,6 +21,7 @@ from nncd_ray.models import embedded_model_dir, load_causal_lm
 from nncd_ray.training import (
     ModelShape,
     TrainConfig,
+    embedding_lr_scale,
     learning_rate,
     load_books,
     prepare_data,
@@ -121,6 +122,30 @@ def test_learning_rate_schedule() -> None:
     assert rates[9] == rates[50] == rates[74] == config.peak_lr  # stable until the decay
     assert rates[99] == pytest.approx(config.peak_lr * config.min_lr_ratio)
     assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
+    assert all(embedding_lr_scale(s, config) == 1.0 for s in range(100))
+
+
+def test_early_phase_schedule() -> None:
+    config = TrainConfig(
+        data_dir=Path("."),
+        out_dir=Path("."),
+        steps=100,
+        warmup_steps=10,
+        peak_lr=1e-3,
+        embedding_lr_scale=1.0,
+        early_steps=40,
+        early_lr=2e-4,
+        early_embedding_lr_scale=0.1,
+        ramp_steps=20,
+    )
+    rates = [learning_rate(s, config) for s in range(100)]
+    scales = [embedding_lr_scale(s, config) for s in range(100)]
+    assert rates[0] == pytest.approx(2e-5) and rates[9] == rates[39] == 2e-4
+    assert scales[0] == scales[39] == 0.1
+    assert rates[49] == pytest.approx(6e-4) and scales[49] == pytest.approx(0.55)  # half-way
+    assert rates[59] == rates[74] == 1e-3 and scales[59] == scales[99] == 1.0
+    assert rates[99] == pytest.approx(1e-3 * config.min_lr_ratio)
+    assert all(a <= b for a, b in itertools.pairwise(rates[:60]))
 
 
 def test_training_is_deterministic_and_resumable(books_dir: Path, tmp_path: Path) -> None:
@@ -152,8 +177,10 @@ def test_copy_circuit_seed_and_embedding_learning_rate(books_dir: Path, tmp_path
         hidden_size=64, intermediate_size=64, num_layers=2, num_heads=4, context_tokens=64
     )
 
-    def embedding(out: Path, scale: float) -> torch.Tensor:
-        config = _config(books_dir, out, shape=shape, copy_circuit=True, embedding_lr_scale=scale)
+    def embedding(out: Path, scale: float, **changes: object) -> torch.Tensor:
+        config = _config(
+            books_dir, out, shape=shape, copy_circuit=True, embedding_lr_scale=scale, **changes
+        )
         train_language_model(config)
         return load_file(out / "model.safetensors")["model.embed_tokens.weight"]
 
@@ -164,6 +191,14 @@ def test_copy_circuit_seed_and_embedding_learning_rate(books_dir: Path, tmp_path
     assert not torch.all(learned[:, 32:48] == 0)
     with pytest.raises(ConfigError, match="embedding_lr_scale"):
         train_language_model(_config(books_dir, tmp_path / "bad", embedding_lr_scale=-1.0))
+    # locked from step 0, the circuit survives even a fully learning embedding
+    locked = embedding(tmp_path / "locked", 1.0, lock_circuit=True)
+    assert torch.all(locked[:, -1] == 0.1) and torch.all(locked[:, 32:48] == 0)
+    assert not torch.equal(locked[:, :32], frozen[:, :32])
+    with pytest.raises(ConfigError, match="lock_circuit needs copy_circuit"):
+        train_language_model(_config(books_dir, tmp_path / "bad", lock_circuit=True))
+    with pytest.raises(ConfigError, match="runs into the decay"):
+        train_language_model(_config(books_dir, tmp_path / "bad", early_steps=4, ramp_steps=2))
 
 
 def test_heldout_windows_match_a_token_by_token_reference(tiny_llama_dir: Path) -> None:

@@ -81,6 +81,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=base.embedding_lr_scale,
         help="the token embedding learns at this times the learning rate",
     )
+    parser.add_argument(
+        "--early-steps",
+        type=int,
+        default=base.early_steps,
+        help="first steps at --early-lr and --early-embedding-lr-scale, which keep a seeded copy "
+        "circuit alive; 0: no early phase",
+    )
+    parser.add_argument("--early-lr", type=float, default=base.early_lr)
+    parser.add_argument(
+        "--early-embedding-lr-scale", type=float, default=base.early_embedding_lr_scale
+    )
+    parser.add_argument(
+        "--ramp-steps",
+        type=int,
+        default=base.ramp_steps,
+        help="steps over which the early rates move to --lr and --embedding-lr-scale",
+    )
+    parser.add_argument(
+        "--lock-circuit",
+        action=argparse.BooleanOptionalAction,
+        default=base.lock_circuit,
+        help="pin the copy circuit's weights from the end of the early phase on",
+    )
     parser.add_argument("--warmup-steps", type=int, default=base.warmup_steps)
     parser.add_argument("--min-lr-ratio", type=float, default=base.min_lr_ratio)
     parser.add_argument(
@@ -160,6 +183,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size,
         peak_lr=args.lr,
         embedding_lr_scale=args.embedding_lr_scale,
+        early_steps=args.early_steps,
+        early_lr=args.early_lr,
+        early_embedding_lr_scale=args.early_embedding_lr_scale,
+        ramp_steps=args.ramp_steps,
+        lock_circuit=args.lock_circuit,
         warmup_steps=args.warmup_steps,
         min_lr_ratio=args.min_lr_ratio,
         decay_fraction=args.decay_fraction,
