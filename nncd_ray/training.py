@@ -240,7 +240,9 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     be resumed with a different ``steps`` and still equal a fresh run with that ``steps``.
     """
     phase = _phase(step, config)
-    stable = config.early_lr + (config.peak_lr - config.early_lr) * phase
+    stable = config.peak_lr  # exactly, once (or where) there is no early phase
+    if phase < 1.0:
+        stable = config.early_lr + (config.peak_lr - config.early_lr) * phase
     if step < config.warmup_steps:
         return stable * (step + 1) / config.warmup_steps
     decay_steps = max(1, round(config.steps * config.decay_fraction))
