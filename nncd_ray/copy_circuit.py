@@ -63,10 +63,17 @@ def _rope_parameters(model: LlamaForCausalLM) -> dict[str, Any]:
     return dict(rope)
 
 
+def _layout(model: LlamaForCausalLM) -> tuple[int, int, int]:
+    """(head dimension, start of the reserved previous-token band, the constant dimension): where
+    the circuit sits in the residual stream, for :func:`seed_copy_circuit` and :class:`CircuitLock`.
+    """
+    hidden = model.config.hidden_size
+    return hidden // model.config.num_attention_heads, hidden // 2, hidden - 1
+
+
 def rope_frequencies(model: LlamaForCausalLM) -> torch.Tensor:
     """Per-pair angular frequencies (radians per position) of the model's default RoPE."""
-    config = model.config
-    head_dim = config.hidden_size // config.num_attention_heads
+    head_dim = _layout(model)[0]
     base = float(_rope_parameters(model)["rope_theta"])
     return base ** (-torch.arange(head_dim // 2, dtype=torch.float64) * 2 / head_dim)
 
@@ -83,10 +90,8 @@ class CircuitLock:
 
     def __init__(self, model: LlamaForCausalLM, circuit: CopyCircuit | None = None) -> None:
         c = circuit or CopyCircuit()
-        config = model.config
-        hidden, n_heads = config.hidden_size, config.num_attention_heads
-        head_dim = hidden // n_heads
-        heads, band = slice(0, head_dim), hidden // 2
+        head_dim, band, const = _layout(model)
+        heads = slice(0, head_dim)
         self._slices: list[tuple[torch.Tensor, tuple[slice, ...]]] = []
         for layer in (c.prev_layer, c.prev_layer + 1):
             attn = model.model.layers[layer].self_attn
@@ -95,7 +100,7 @@ class CircuitLock:
             self._slices.append((attn.o_proj.weight, (slice(None), heads)))
         embed = model.model.embed_tokens.weight
         self._slices.append((embed, (slice(None), slice(band, band + head_dim))))
-        self._slices.append((embed, (slice(None), slice(hidden - 1, hidden))))
+        self._slices.append((embed, (slice(None), slice(const, const + 1))))
         self._saved = [weight[index].detach().clone() for weight, index in self._slices]
 
     @property
@@ -112,21 +117,20 @@ def seed_copy_circuit(model: LlamaForCausalLM, circuit: CopyCircuit | None = Non
     """Write the circuit into ``model``'s freshly initialised weights, in place."""
     c = circuit or CopyCircuit()
     config = model.config
-    hidden, n_heads = config.hidden_size, config.num_attention_heads
-    head_dim = hidden // n_heads
+    head_dim, band, const = _layout(model)
     half = head_dim // 2
-    band = hidden // 2  # start of the reserved previous-token band
     if c.prev_layer + 1 >= config.num_hidden_layers:
         raise ConfigError("the copy circuit needs two layers: prev_layer and the one after it")
-    if band + head_dim > hidden - 1 or head_dim > band:
-        raise ConfigError(f"hidden size {hidden} is too small for the copy circuit's bands")
+    if band + head_dim > const or head_dim > band:
+        raise ConfigError(
+            f"hidden size {config.hidden_size} is too small for the copy circuit's bands"
+        )
     if not (0 < c.position_pairs <= half and 0 < c.match_pairs <= half):
         raise ConfigError(f"position_pairs and match_pairs must be in 1..{half}")
     rope = _rope_parameters(model).get("rope_type", "default")
     if rope != "default":
         raise ConfigError(f"the copy circuit is written for default RoPE, not {rope!r}")
     theta = rope_frequencies(model)
-    const = hidden - 1
     heads = slice(0, head_dim)  # head 0's rows of q/k/v and columns of o
     eye = torch.eye(head_dim)
     with torch.no_grad():

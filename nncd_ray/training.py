@@ -226,9 +226,16 @@ def batch_order(n_tokens: int, context: int, seed: int) -> Iterator[np.ndarray]:
 
 def _phase(step: int, config: TrainConfig) -> float:
     """How far ``step`` is from the early phase (0) to the main one (1)."""
-    if config.early_steps <= 0 or step < config.early_steps:
-        return 0.0 if config.early_steps > 0 else 1.0
+    if config.early_steps <= 0:
+        return 1.0
+    if step < config.early_steps:
+        return 0.0
     return min(1.0, (step - config.early_steps + 1) / config.ramp_steps)
+
+
+def _decay_start(config: TrainConfig) -> int:
+    """The first step of the linear decay (the last ``decay_fraction`` of the steps)."""
+    return config.steps - max(1, round(config.steps * config.decay_fraction))
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -245,11 +252,10 @@ def learning_rate(step: int, config: TrainConfig) -> float:
         stable = config.early_lr + (config.peak_lr - config.early_lr) * phase
     if step < config.warmup_steps:
         return stable * (step + 1) / config.warmup_steps
-    decay_steps = max(1, round(config.steps * config.decay_fraction))
-    decay_start = config.steps - decay_steps
+    decay_start = _decay_start(config)
     if step < decay_start:
         return stable
-    progress = (step - decay_start + 1) / decay_steps
+    progress = (step - decay_start + 1) / (config.steps - decay_start)
     return config.peak_lr * (1.0 - (1.0 - config.min_lr_ratio) * progress)
 
 
@@ -344,7 +350,7 @@ def train_language_model(config: TrainConfig) -> TrainResult:
         raise ConfigError("lock_circuit needs copy_circuit")
     if config.early_steps < 0 or config.ramp_steps < 1:
         raise ConfigError("early_steps must be zero or more and ramp_steps positive")
-    decay_start = config.steps - max(1, round(config.steps * config.decay_fraction))
+    decay_start = _decay_start(config)
     if config.early_steps and config.early_steps + config.ramp_steps > decay_start:
         raise ConfigError(
             f"early_steps + ramp_steps = {config.early_steps + config.ramp_steps} runs into the "
