@@ -28,7 +28,15 @@ import zarr
 from numpy.typing import NDArray
 
 from nncd_ray.errors import ConfigError, IncompleteMatrix, InputError, StoreError, StoreNotFound
-from nncd_ray.knn import KNNAccumulator, LabelCodec, check_ks
+from nncd_ray.knn import (
+    HUBNESS_REDUCTIONS,
+    ColumnMoments,
+    KNNAccumulator,
+    LabelCodec,
+    check_ks,
+    mutual_proximity,
+    row_moments,
+)
 from nncd_ray.knn_report import EvaluationReport
 from nncd_ray.ncd import VARIANTS, bits_per_byte, corpus_bits_per_byte, ncd_matrix
 
@@ -58,6 +66,9 @@ class EvaluationConfig:
     block_rows: int | None = None
     # fsspec options of a remote store (endpoint_url, key, secret, …)
     storage_options: Mapping[str, Any] | None = None
+    # "none": k-NN over the NCD itself (shared/bench/PROTOCOL.md); "mp": over its mutual
+    # proximity (nncd_ray.knn.mutual_proximity), which takes one more pass over the store
+    hubness_reduction: str = "none"
 
 
 def open_store_group(url: str, storage_options: Mapping[str, Any] | None = None) -> zarr.Group:
@@ -297,9 +308,37 @@ def _row_blocks(usable: NDArray[np.bool_], block_rows: int, tile: int) -> Iterat
         start = stop
 
 
+def _without_self(block: NDArray[np.float64], diagonal_offset: int | None) -> NDArray[np.float64]:
+    """The block with each query's own cell set to NaN (square stores: leave-one-out), in place."""
+    if diagonal_offset is not None:
+        rows = np.arange(block.shape[0])
+        cols = rows + diagonal_offset
+        inside = cols < block.shape[1]
+        block[rows[inside], cols[inside]] = np.nan
+    return block
+
+
+def _column_moments(
+    view: StoreView, blocks: list[tuple[int, int]]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean and deviation of every reference's distances over the evaluated queries (first pass
+    of mutual proximity; the query itself left out on a square store)."""
+    moments = ColumnMoments(view.n_cols)
+    for row_start, row_stop in blocks:
+        moments.add(
+            _without_self(view.distances(row_start, row_stop), row_start if view.square else None)
+        )
+    return moments.mean_std()
+
+
 def evaluate_store(config: EvaluationConfig) -> EvaluationReport:
     """Classify the store's rows against its columns for every k; return the report."""
     started = time.perf_counter()
+    if config.hubness_reduction not in HUBNESS_REDUCTIONS:
+        raise ConfigError(
+            f"unknown hubness reduction {config.hubness_reduction!r}; choose one of: "
+            f"{', '.join(HUBNESS_REDUCTIONS)}"
+        )
     view = StoreView.open(
         config.store, variant=config.variant, storage_options=config.storage_options
     )
@@ -312,6 +351,7 @@ def evaluate_store(config: EvaluationConfig) -> EvaluationReport:
     reference_labels = _plain_list(_array(group, "col_labels"))
     query_labels = _plain_list(_array(group, "row_labels")) if "row_labels" in group else None
     row_ids = [str(v) for v in _plain_list(_array(group, "row_ids"))]
+    col_ids = [str(v) for v in _plain_list(_array(group, "col_ids"))]
     n_candidates = view.n_cols - (1 if view.square else 0)
     ks = check_ks(config.ks, n_candidates)
 
@@ -335,9 +375,18 @@ def evaluate_store(config: EvaluationConfig) -> EvaluationReport:
     codec = LabelCodec.from_labels(reference_labels, query_labels or [])
     accumulator = KNNAccumulator(reference_labels, ks, codec)
     block_rows = view.block_size(config.block_rows)
-    for row_start, row_stop in _row_blocks(usable, block_rows, view.tile):
+    blocks = list(_row_blocks(usable, block_rows, view.tile))
+    columns = _column_moments(view, blocks) if config.hubness_reduction == "mp" else None
+    for row_start, row_stop in blocks:
+        distances = view.distances(row_start, row_stop)
+        if columns is not None:
+            distances = mutual_proximity(
+                _without_self(distances, row_start if view.square else None),
+                *row_moments(distances),
+                *columns,
+            )
         accumulator.add_block(
-            view.distances(row_start, row_stop),
+            distances,
             diagonal_offset=row_start if view.square else None,
             overwrite_input=True,  # the block is ours: no second copy
         )
@@ -365,6 +414,10 @@ def evaluate_store(config: EvaluationConfig) -> EvaluationReport:
         query_rows=tuple(int(i) for i in evaluated),
         true_labels=tuple(true) if true is not None else None,
         predictions={k: tuple(codec.decode(codes)) for k, codes in predicted.items()},
+        hubness=tuple(accumulator.hubness()),
+        hubness_reduction=config.hubness_reduction,
+        reference_ids=tuple(col_ids),
+        reference_labels=tuple(reference_labels),
         block_rows=block_rows,
         seconds=time.perf_counter() - started,
     )

@@ -20,6 +20,7 @@ neighbour" / "no prediction" (a query whose every distance is NaN).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -213,8 +214,25 @@ def predict_codes(
     indices, _ = top_k_neighbours(
         distances, ks[-1], diagonal_offset=diagonal_offset, overwrite_input=overwrite_input
     )
-    neighbour_codes = np.where(indices >= 0, ref_codes[np.maximum(indices, 0)], NO_LABEL)
+    return vote_neighbours(indices, ref_codes, ks, n_classes)
+
+
+def vote_neighbours(
+    indices: NDArray[np.int64],
+    reference_codes: NDArray[np.int64],
+    ks: Sequence[int],
+    n_classes: int,
+) -> dict[int, NDArray[np.int64]]:
+    """``{k: (B,) codes}`` from the neighbours of :func:`top_k_neighbours` (``-1`` = none)."""
+    neighbour_codes = np.where(indices >= 0, reference_codes[np.maximum(indices, 0)], NO_LABEL)
     return {k: vote(neighbour_codes[:, :k], n_classes) for k in ks}
+
+
+def k_occurrence(indices: NDArray[np.int64], k: int, n_refs: int) -> NDArray[np.int64]:
+    """``(n_refs,)``: how many rows of ``indices`` (neighbours nearest first, ``-1`` = none) have
+    each reference among their first ``k`` neighbours: the k-occurrence N_k of hubness studies."""
+    first = indices[:, :k]
+    return np.bincount(first[first >= 0], minlength=n_refs).astype(np.int64)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,16 +254,234 @@ class KNNMetrics:
     labels: tuple[Hashable, ...]
     confusion: tuple[tuple[int, ...], ...]
 
+    @property
+    def accuracy_interval(self) -> tuple[float, float]:
+        """95% Wilson score interval of the accuracy (NaN, NaN without queries)."""
+        return wilson_interval(self.n_correct, self.n_queries)
+
     def to_dict(self) -> dict[str, object]:
+        low, high = self.accuracy_interval
         return {
             "k": self.k,
             "accuracy": self.accuracy,
+            "accuracy_95ci": [low, high],
             "macro_f1": self.macro_f1,
             "n_queries": self.n_queries,
             "n_correct": self.n_correct,
             "n_unpredicted": self.n_unpredicted,
             "labels": list(self.labels),
             "confusion": [list(row) for row in self.confusion],
+        }
+
+
+# ---- hubness reduction -------------------------------------------------------------------------
+
+# "none": plain distances (the protocol's k-NN); "mp": mutual proximity, Gaussian form
+HUBNESS_REDUCTIONS = ("none", "mp")
+
+_erfc = np.frompyfunc(math.erfc, 1, 1)
+
+
+def normal_sf(z: ArrayLike) -> NDArray[np.float64]:
+    """P(Z > z) for a standard normal Z, elementwise (NaN stays NaN)."""
+    values = np.asarray(z, dtype=np.float64)
+    return np.asarray(0.5 * _erfc(values / math.sqrt(2.0)), dtype=np.float64)
+
+
+def row_moments(block: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean and population standard deviation of each row over its non-NaN cells (NaN for a row
+    without any)."""
+    values = np.asarray(block, dtype=np.float64)
+    valid = ~np.isnan(values)
+    count = valid.sum(axis=1)
+    total = np.where(valid, values, 0.0).sum(axis=1)
+    mean = np.divide(total, count, out=np.full(count.shape, np.nan), where=count > 0)
+    spread = np.where(valid, values - mean[:, None], 0.0)
+    variance = np.divide(
+        (spread**2).sum(axis=1), count, out=np.full(count.shape, np.nan), where=count > 0
+    )
+    return mean, np.sqrt(variance)
+
+
+class ColumnMoments:
+    """Mean and population standard deviation of every column over row blocks added one after
+    another, NaN cells left out (Chan, Golub & LeVeque's pairwise update: no cancellation however
+    close the distances lie to each other)."""
+
+    def __init__(self, n_cols: int) -> None:
+        self.count = np.zeros(n_cols, dtype=np.float64)
+        self.mean = np.zeros(n_cols, dtype=np.float64)
+        self.m2 = np.zeros(n_cols, dtype=np.float64)
+
+    def add(self, block: ArrayLike) -> None:
+        values = np.asarray(block, dtype=np.float64)
+        valid = ~np.isnan(values)
+        count = valid.sum(axis=0).astype(np.float64)
+        total = np.where(valid, values, 0.0).sum(axis=0)
+        mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+        m2 = (np.where(valid, values - mean, 0.0) ** 2).sum(axis=0)
+        merged = self.count + count
+        delta = mean - self.mean
+        share = np.divide(count, merged, out=np.zeros_like(merged), where=merged > 0)
+        self.mean = self.mean + delta * share
+        self.m2 = self.m2 + m2 + delta**2 * self.count * share
+        self.count = merged
+
+    def mean_std(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        has = self.count > 0
+        mean = np.where(has, self.mean, np.nan)
+        variance = np.divide(self.m2, self.count, out=np.full_like(self.m2, np.nan), where=has)
+        return mean, np.sqrt(variance)
+
+
+def _tail(distances: NDArray[np.float64], mean: ArrayLike, std: ArrayLike) -> NDArray[np.float64]:
+    """P(D > d) for D ~ N(mean, std²); with std 0 a step: 1 below the mean, 0 above, 1/2 at it."""
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (distances - mean) / std
+    step = np.sign(distances - mean) * np.inf
+    return normal_sf(np.where(std > 0, z, np.where(distances == mean, 0.0, step)))
+
+
+def mutual_proximity(
+    distances: ArrayLike,
+    row_mean: ArrayLike,
+    row_std: ArrayLike,
+    col_mean: ArrayLike,
+    col_std: ArrayLike,
+) -> NDArray[np.float64]:
+    """Mutual proximity, Gaussian form (Schnitzer, Flexer, Schedl & Widmer 2012, "Local and global
+    scaling reduce hubs in space", JMLR 13): MP(x, y) = 1 − P(X > d)·P(Y > d), where X is the
+    distance from query x to a random reference (mean and deviation of x's row) and Y the distance
+    from a random query to reference y (of y's column). A reference that is near to everything
+    has a low column mean, so being near it counts for less; MP is itself a distance in [0, 1].
+
+    ``distances``: ``(B, n_refs)`` block; ``row_*``: ``(B,)``; ``col_*``: ``(n_refs,)``. NaN
+    cells (not a neighbour) stay NaN."""
+    block = np.asarray(distances, dtype=np.float64)
+    row = _tail(block, np.asarray(row_mean)[:, None], np.asarray(row_std)[:, None])
+    col = _tail(block, np.asarray(col_mean)[None, :], np.asarray(col_std)[None, :])
+    return np.where(np.isnan(block), np.nan, 1.0 - row * col)
+
+
+# the two-sided 95% quantile of the standard normal
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (Wilson 1927): unlike p ± z·SE it stays
+    inside [0, 1] and keeps its coverage near 0 and 1 and for the few hundred queries of a
+    benchmark split. ``(nan, nan)`` when ``n`` is 0."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    low = 0.0 if successes <= 0 else max(0.0, float(centre - half))
+    high = 1.0 if successes >= n else min(1.0, float(centre + half))
+    return (low, high)
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value for two classifiers scored on the same queries
+    (Dietterich 1998): ``only_first`` queries right by the first only, ``only_second`` by the
+    second only; under "equally accurate" each such query is a fair coin. 1.0 when none differ."""
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_first, only_second) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairedComparison:
+    """Two classifiers on the same queries at one ``k``: who was right where the other was not."""
+
+    k: int
+    n_queries: int
+    both_right: int
+    only_this: int
+    only_baseline: int
+    p_value: float
+
+    @classmethod
+    def of(
+        cls, k: int, true: Sequence[object], this: Sequence[object], baseline: Sequence[object]
+    ) -> PairedComparison:
+        if not len(true) == len(this) == len(baseline):
+            raise InputError("paired comparison needs the same queries on both sides")
+        right = [t == a for t, a in zip(true, this, strict=True)]
+        right_baseline = [t == b for t, b in zip(true, baseline, strict=True)]
+        pairs = list(zip(right, right_baseline, strict=True))
+        only_this = sum(1 for a, b in pairs if a and not b)
+        only_baseline = sum(1 for a, b in pairs if b and not a)
+        return cls(
+            k=k,
+            n_queries=len(true),
+            both_right=sum(1 for a, b in pairs if a and b),
+            only_this=only_this,
+            only_baseline=only_baseline,
+            p_value=mcnemar_exact(only_this, only_baseline),
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "k": self.k,
+            "n_queries": self.n_queries,
+            "both_right": self.both_right,
+            "only_this": self.only_this,
+            "only_baseline": self.only_baseline,
+            "p_value": self.p_value,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hubness:
+    """How unevenly the references serve as neighbours, for one ``k`` (Radovanović, Nanopoulos &
+    Ivanović 2010, "Hubs in space"). ``counts[j]`` = N_k(j), the number of queries with reference
+    ``j`` among their ``k`` nearest. A few references that are near to everything ("hubs") take
+    most predictions whatever the query's class; ``skewness`` of N_k (0 for an even spread, large
+    and positive with hubs) is the usual summary. ``top``: ``(reference column, N_k)`` of the most
+    used references, most used first (ties by column)."""
+
+    k: int
+    n_queries: int
+    n_refs: int
+    skewness: float
+    max_count: int
+    # references in no query's k nearest ("anti-hubs")
+    never: int
+    top: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def from_counts(cls, counts: ArrayLike, k: int, n_queries: int, top: int = 5) -> Hubness:
+        values = np.asarray(counts, dtype=np.int64)
+        n_refs = int(values.shape[0])
+        spread = values.astype(np.float64) - values.mean() if n_refs else values.astype(float)
+        sigma = float(np.sqrt(np.mean(spread**2))) if n_refs else 0.0
+        skewness = float(np.mean(spread**3)) / sigma**3 if sigma > 0 else 0.0
+        order = np.lexsort((np.arange(n_refs), -values))[: min(top, n_refs)]
+        return cls(
+            k=k,
+            n_queries=n_queries,
+            n_refs=n_refs,
+            skewness=skewness,
+            max_count=int(values.max()) if n_refs else 0,
+            never=int(np.count_nonzero(values == 0)),
+            top=tuple((int(j), int(values[j])) for j in order if values[j] > 0),
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "k": self.k,
+            "n_queries": self.n_queries,
+            "n_refs": self.n_refs,
+            "skewness": self.skewness,
+            "max_count": self.max_count,
+            "never": self.never,
+            "top": [{"col": col, "count": count} for col, count in self.top],
         }
 
 
@@ -310,6 +546,9 @@ class KNNAccumulator:
         self.reference_codes = codec.encode(reference_labels)
         self.ks = check_ks(ks)
         self._blocks: dict[int, list[NDArray[np.int64]]] = {k: [] for k in self.ks}
+        n_refs = int(self.reference_codes.shape[0])
+        self._occurrence = {k: np.zeros(n_refs, dtype=np.int64) for k in self.ks}
+        self._rows = 0
 
     def add_block(
         self,
@@ -318,18 +557,27 @@ class KNNAccumulator:
         diagonal_offset: int | None = None,
         overwrite_input: bool = False,
     ) -> dict[int, NDArray[np.int64]]:
-        """Classify a ``(B, n_refs)`` block; returns and records ``{k: (B,) codes}``."""
-        codes = predict_codes(
-            distances,
-            self.reference_codes,
-            self.ks,
-            len(self.codec),
-            diagonal_offset=diagonal_offset,
-            overwrite_input=overwrite_input,
+        """Classify a ``(B, n_refs)`` block; returns and records ``{k: (B,) codes}`` and counts
+        each reference's k-occurrence (:meth:`hubness`)."""
+        n_columns = np.shape(distances)[-1]
+        if n_columns != self.reference_codes.shape[0]:
+            raise InputError(
+                f"{self.reference_codes.shape[0]} reference labels for {n_columns} reference "
+                "columns"
+            )
+        indices, _ = top_k_neighbours(
+            distances, self.ks[-1], diagonal_offset=diagonal_offset, overwrite_input=overwrite_input
         )
+        codes = vote_neighbours(indices, self.reference_codes, self.ks, len(self.codec))
         for k, block in codes.items():
             self._blocks[k].append(block)
+            self._occurrence[k] += k_occurrence(indices, k, n_columns)
+        self._rows += int(indices.shape[0])
         return codes
+
+    def hubness(self) -> list[Hubness]:
+        """One :class:`Hubness` per ``k`` over the rows added so far."""
+        return [Hubness.from_counts(self._occurrence[k], k, self._rows) for k in self.ks]
 
     def predicted_codes(self) -> dict[int, NDArray[np.int64]]:
         """``{k: (n_queries_so_far,) int64}`` in the order the blocks were added."""

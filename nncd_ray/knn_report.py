@@ -2,11 +2,17 @@
 
 JSON (``EvaluationReport.to_dict``)::
 
-    {"store", "variant", "square", "ks", "n_rows", "n_queries", "n_refs",
-     "results": [{"k", "accuracy", "macro_f1", "n_queries", "n_correct", "n_unpredicted",
-                  "labels", "confusion"}, ...],          # empty when the queries have no labels
+    {"store", "variant", "hubness_reduction", "square", "ks", "n_rows", "n_queries", "n_refs",
+     "results": [{"k", "accuracy", "accuracy_95ci", "macro_f1", "n_queries", "n_correct",
+                  "n_unpredicted", "labels", "confusion"}, ...],  # empty without query labels
+     "hubness": [{"k", "n_queries", "n_refs", "skewness", "max_count", "never",
+                  "top": [{"col", "id", "label", "count"}, ...]}, ...],
      "bits_per_byte", "bits_per_byte_mean_doc", "compression": {...}, "compressor": {...},
      "skipped_rows": [...], "block_rows", "seconds"}
+
+``accuracy_95ci`` is the Wilson score interval; ``hubness`` describes how unevenly the references
+serve as neighbours (:class:`nncd_ray.knn.Hubness`): the skewness of their k-occurrence, the most
+used references and how many are never among any query's k nearest.
 
 Predictions, one JSON object per evaluated query, in row order::
 
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nncd_ray.knn import KNNMetrics
+from nncd_ray.knn import Hubness, KNNMetrics
 
 
 def _ranges(rows: Iterable[int]) -> str:
@@ -83,6 +89,13 @@ class EvaluationReport:
     block_rows: int
     # wall time of the evaluation
     seconds: float
+    # one per k, over the evaluated queries
+    hubness: tuple[Hubness, ...] = ()
+    # "none" (the protocol's k-NN over NCD) or "mp" (over its mutual proximity)
+    hubness_reduction: str = "none"
+    # the store's columns, to name the hubs
+    reference_ids: tuple[str, ...] = ()
+    reference_labels: tuple[Hashable, ...] = ()
 
     @property
     def bits_per_byte(self) -> float | None:
@@ -96,10 +109,30 @@ class EvaluationReport:
                 return metrics
         raise KeyError(f"no result for k={k} (the queries may have no labels)")
 
+    def hubness_dicts(self) -> list[dict[str, Any]]:
+        """:attr:`hubness` as JSON-able dicts, each hub named by its id and label."""
+        out = []
+        for hubs in self.hubness:
+            record = hubs.to_dict()
+            record["top"] = [
+                {
+                    "col": col,
+                    "id": self.reference_ids[col] if col < len(self.reference_ids) else None,
+                    "label": (
+                        self.reference_labels[col] if col < len(self.reference_labels) else None
+                    ),
+                    "count": count,
+                }
+                for col, count in hubs.top
+            ]
+            out.append(record)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "store": self.store,
             "variant": self.variant,
+            "hubness_reduction": self.hubness_reduction,
             "square": self.square,
             "leave_one_out": self.square,
             "ks": list(self.ks),
@@ -107,6 +140,7 @@ class EvaluationReport:
             "n_queries": self.n_queries,
             "n_refs": self.n_refs,
             "results": [m.to_dict() for m in self.results],
+            "hubness": self.hubness_dicts(),
             "bits_per_byte": self.bits_per_byte,
             "bits_per_byte_mean_doc": self.compression.get("bits_per_byte_mean_doc"),
             "compression": self.compression,
@@ -134,6 +168,30 @@ class EvaluationReport:
     def write_markdown(self, path: str | Path) -> None:
         Path(path).write_text(self.to_markdown(), encoding="utf-8")
 
+    def _hubness_markdown(self) -> list[str]:
+        if not self.hubness:
+            return []
+        lines = [
+            "",
+            "Hubness: N_k = how many queries have a reference among their k nearest; its "
+            "skewness is 0 for an even spread and large when a few references are near to "
+            "everything.",
+            "",
+            "| k | N_k skewness | max N_k | never a neighbour | most used (column: id, label, "
+            "N_k) |",
+            "|---:|---:|---:|---:|---|",
+        ]
+        for record in self.hubness_dicts():
+            top = "; ".join(
+                f"{hub['col']}: {hub['id']}, {hub['label']}, {hub['count']}"
+                for hub in record["top"]
+            )
+            lines.append(
+                f"| {record['k']} | {record['skewness']:.2f} | {record['max_count']} | "
+                f"{record['never']}/{record['n_refs']} | {top} |"
+            )
+        return lines
+
     def to_markdown(self) -> str:
         """A readable report: settings, accuracy table, bits per byte, confusion matrices."""
         shape = "square, leave-one-out" if self.square else "queries × references"
@@ -144,6 +202,11 @@ class EvaluationReport:
             f"- matrix: {self.n_rows} × {self.n_refs} ({shape}); "
             f"{self.n_queries} queries classified",
         ]
+        if self.hubness_reduction == "mp":
+            lines.append(
+                "- neighbours by mutual proximity of the NCD (Gaussian form, Schnitzer et al. "
+                "2012), not by the NCD itself: this is not the protocol's k-NN"
+            )
         compression = self.compression
         if compression.get("bits_per_byte") is not None:
             lines.append(
@@ -160,13 +223,19 @@ class EvaluationReport:
         if not self.results:
             lines.append("The queries have no labels: predictions only, no accuracy.")
             return "\n".join(lines) + "\n"
-        lines += ["| k | accuracy | macro-F1 | correct |", "|---:|---:|---:|---:|"]
+        lines += [
+            "| k | accuracy | 95% interval | macro-F1 | correct |",
+            "|---:|---:|---:|---:|---:|",
+        ]
         for m in self.results:
             unpredicted = f" ({m.n_unpredicted} without neighbours)" if m.n_unpredicted else ""
+            low, high = m.accuracy_interval
             lines.append(
-                f"| {m.k} | {m.accuracy:.3f} | {m.macro_f1:.3f} | "
+                f"| {m.k} | {m.accuracy:.3f} | {low:.3f}–{high:.3f} | {m.macro_f1:.3f} | "
                 f"{m.n_correct}/{m.n_queries}{unpredicted} |"
             )
+        lines += ["", "95% interval: Wilson score interval of the accuracy over these queries."]
+        lines += self._hubness_markdown()
         for m in self.results:
             lines += ["", f"Confusion matrix, k={m.k} (rows: true label, columns: predicted)", ""]
             lines.append("| true \\ predicted | " + " | ".join(str(x) for x in m.labels) + " |")

@@ -28,7 +28,7 @@ from typing import Any
 
 from nncd_ray.errors import ConfigError
 from nncd_ray.evaluate import EvaluationConfig, evaluate_store
-from nncd_ray.knn import check_ks
+from nncd_ray.knn import PairedComparison, check_ks
 from nncd_ray.knn_report import EvaluationReport
 from nncd_ray.scorers import ScorerSpec, available
 
@@ -128,7 +128,9 @@ class StudyRow:
             "bits_per_byte": self.bits_per_byte,
             "bits_per_byte_mean_doc": self.bits_per_byte_mean_doc,
             "accuracy": {str(k): v for k, v in self.accuracy.items()},
+            "accuracy_95ci": {str(m.k): list(m.accuracy_interval) for m in self.report.results},
             "macro_f1": {str(k): v for k, v in self.macro_f1.items()},
+            "hubness": {str(h["k"]): h for h in self.report.hubness_dicts()},
             "pairs_per_second": self.pairs_per_second,
             "pairs_computed": self.pairs_computed,
             "matrix_seconds": self.matrix_seconds,
@@ -153,6 +155,25 @@ class StudyResult:
             key=lambda pair: pair[0].accuracy.get(pair[1], float("-inf")),
         )
 
+    def paired(self, row: StudyRow) -> dict[int, PairedComparison]:
+        """``row`` against the first compressor of the table on the same queries, per k (exact
+        McNemar test); empty for the first row, or where the queries or labels differ."""
+        baseline = self.rows[0].report
+        report = row.report
+        if (
+            row is self.rows[0]
+            or report.true_labels is None
+            or report.query_ids != baseline.query_ids
+        ):
+            return {}
+        return {
+            m.k: PairedComparison.of(
+                m.k, report.true_labels, report.predictions[m.k], baseline.predictions[m.k]
+            )
+            for m in report.results
+            if m.k in baseline.predictions
+        }
+
     def to_dict(self) -> dict[str, Any]:
         best_row, best_k = self.best()
         return {
@@ -167,7 +188,14 @@ class StudyResult:
             "tile": self.config.tile,
             "bits_per_byte_definition": "total bits / total UTF-8 bytes over every document of "
             "the split, each compressed on its own (PROTOCOL.md)",
-            "rows": [row.to_dict() for row in self.rows],
+            "rows": [
+                {
+                    **row.to_dict(),
+                    "paired_with": self.rows[0].compressor if self.paired(row) else None,
+                    "paired": {str(k): c.to_dict() for k, c in self.paired(row).items()},
+                }
+                for row in self.rows
+            ],
             "best": {"compressor": best_row.compressor, "k": best_k},
             "plots": list(self.plots),
             "plots_skipped": self.plots_skipped,
@@ -208,11 +236,51 @@ class StudyResult:
             "pairs/s: the pairs this run computed over its wall time, start-up included; "
             "— where the store was already complete."
         )
+        lines += self._uncertainty_markdown()
         if self.plots:
             lines += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in self.plots]]
         elif self.plots_skipped:
             lines += ["", f"Plots skipped: {self.plots_skipped}"]
         return "\n".join(lines) + "\n"
+
+    def _uncertainty_markdown(self) -> list[str]:
+        """95% intervals, hubness and paired tests against the first row, per k."""
+        ks = self.config.ks
+        first = self.rows[0].compressor if self.rows else ""
+        lines = [
+            "",
+            "## How sure: intervals, hubness, paired tests",
+            "",
+            "95% Wilson interval of each accuracy; N_k skewness (hubness: 0 when every reference "
+            f"is a neighbour equally often); against {first} on the same queries: queries right "
+            f"only with this compressor / only with {first}, and the exact McNemar p-value.",
+            "",
+            "| compressor | "
+            + " | ".join(f"95% k={k}" for k in ks)
+            + " | "
+            + " | ".join(f"N_k skew k={k}" for k in ks)
+            + " | "
+            + " | ".join(f"vs {first} k={k}" for k in ks)
+            + " |",
+            "|---|" + "---:|" * (3 * len(ks)),
+        ]
+        for row in self.rows:
+            intervals = {m.k: m.accuracy_interval for m in row.report.results}
+            skew = {h.k: h.skewness for h in row.report.hubness}
+            paired = self.paired(row)
+            cells = [
+                f"{intervals[k][0]:.3f}–{intervals[k][1]:.3f}" if k in intervals else "n/a"
+                for k in ks
+            ]
+            cells += [f"{skew[k]:.2f}" if k in skew else "n/a" for k in ks]
+            cells += [
+                f"{paired[k].only_this}/{paired[k].only_baseline}, p={paired[k].p_value:.2f}"
+                if k in paired
+                else "—"
+                for k in ks
+            ]
+            lines.append(f"| {row.compressor} | " + " | ".join(cells) + " |")
+        return lines
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

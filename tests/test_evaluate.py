@@ -75,6 +75,18 @@ def test_complete_store_matches_in_memory_knn(rectangular: dict[str, Any]) -> No
     assert report.n_queries == 23 and report.n_refs == 17 and report.skipped_rows == ()
     assert report.variant == "ncd" and not report.square
     assert report.result(1).labels == (1, 2, 3)
+    # hubness: each reference's k-occurrence, from the same neighbours
+    nearest = np.argsort(distances, axis=1, kind="stable")
+    for hubs in report.hubness:
+        counts = np.bincount(nearest[:, : hubs.k].ravel(), minlength=17)
+        assert hubs.max_count == counts.max() and hubs.never == int((counts == 0).sum())
+        assert [count for _, count in hubs.top] == sorted(counts, reverse=True)[: len(hubs.top)]
+    record = report.to_dict()["hubness"][0]
+    hub = record["top"][0]
+    assert hub["id"] == report.reference_ids[hub["col"]]
+    assert hub["label"] == rectangular["col_labels"][hub["col"]]
+    low, high = report.to_dict()["results"][0]["accuracy_95ci"]
+    assert low <= report.result(1).accuracy <= high
 
 
 def test_bits_per_byte_is_total_bits_over_total_bytes(rectangular: dict[str, Any]) -> None:
@@ -332,6 +344,7 @@ def test_reports_are_written(rectangular: dict[str, Any], tmp_path: Path) -> Non
     }
     markdown = (tmp_path / "r.md").read_text()
     assert "| 1 | " in markdown and "Confusion matrix, k=3" in markdown
+    assert "95% interval" in markdown and "N_k skewness" in markdown
     assert "compressor: gzip level 9" in markdown
 
 
@@ -389,7 +402,7 @@ def test_cli_writes_everything(
     assert code == 0
     printed = capsys.readouterr().out
     assert printed == (tmp_path / "r.md").read_text()
-    assert "| k | accuracy | macro-F1 | correct |" in printed
+    assert "| k | accuracy | 95% interval | macro-F1 | correct |" in printed
     assert json.loads((tmp_path / "r.json").read_text())["block_rows"] == 7
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 23
 
@@ -399,3 +412,98 @@ def test_cli_rejects_bad_k(rectangular: dict[str, Any]) -> None:
         knn_command(["--store", rectangular["store"], "--k", "1,x"])
     with pytest.raises(ConfigError, match="only 17"):
         knn_command(["--store", rectangular["store"], "--k", "18"])
+
+
+# ---- mutual proximity --------------------------------------------------------------------------
+
+
+def reference_mutual_proximity(distances: np.ndarray, leave_one_out: bool) -> np.ndarray:
+    """Plain Python from the definition (Schnitzer et al. 2012, Gaussian form), with the
+    standard library's normal distribution: 1 - P(X > d) P(Y > d), X ~ the query's distances to
+    the references, Y ~ the reference's distances from the queries, the query itself left out."""
+    from statistics import NormalDist, fmean, pstdev
+
+    n_rows, n_cols = distances.shape
+    own = (lambda i, j: i == j) if leave_one_out else (lambda i, j: False)
+    rows = [[distances[i, j] for j in range(n_cols) if not own(i, j)] for i in range(n_rows)]
+    cols = [[distances[i, j] for i in range(n_rows) if not own(i, j)] for j in range(n_cols)]
+    out = np.full(distances.shape, np.nan)
+    for i in range(n_rows):
+        x = NormalDist(fmean(rows[i]), pstdev(rows[i]))
+        for j in range(n_cols):
+            if own(i, j):
+                continue
+            y = NormalDist(fmean(cols[j]), pstdev(cols[j]))
+            d = distances[i, j]
+            out[i, j] = 1 - (1 - x.cdf(d)) * (1 - y.cdf(d))
+    return out
+
+
+@pytest.mark.parametrize("block_rows", [4, 7, None])
+def test_mutual_proximity_matches_its_definition(
+    rectangular: dict[str, Any], block_rows: int | None
+) -> None:
+    report = evaluate_store(
+        EvaluationConfig(
+            store=rectangular["store"], ks=KS, block_rows=block_rows, hubness_reduction="mp"
+        )
+    )
+    distances = float32_ncd(
+        rectangular["row_bits"], rectangular["col_bits"], rectangular["pair_bits"]
+    )
+    expected_mp = reference_mutual_proximity(distances, leave_one_out=False)
+    _, expected = knn_classify(expected_mp, rectangular["col_labels"], KS)
+    assert {k: list(v) for k, v in report.predictions.items()} == expected
+    assert report.to_dict()["hubness_reduction"] == "mp"
+    assert "not the protocol's k-NN" in report.to_markdown()
+    plain = evaluate_store(EvaluationConfig(store=rectangular["store"], ks=KS))
+    assert plain.to_dict()["hubness_reduction"] == "none"
+
+
+def test_mutual_proximity_leave_one_out(tmp_path: Path) -> None:
+    store, row_bits, pair_bits, labels = square_store(tmp_path)
+    report = evaluate_store(
+        EvaluationConfig(store=store, ks=(1, 3), block_rows=3, hubness_reduction="mp")
+    )
+    expected_mp = reference_mutual_proximity(
+        float32_ncd(row_bits, row_bits, pair_bits), leave_one_out=True
+    )
+    _, expected = knn_classify(expected_mp, labels, (1, 3), leave_one_out=True)
+    assert {k: list(v) for k, v in report.predictions.items()} == expected
+
+
+def test_mutual_proximity_takes_the_hub_apart(tmp_path: Path) -> None:
+    """Reference 0 sits a little closer to every query than the query's own class does: plain
+    k-NN sends every query to it; mutual proximity discounts it and finds the classes again."""
+    rng = np.random.default_rng(11)
+    n_rows, n_cols = 40, 12
+    row_labels = [i % 4 for i in range(n_rows)]
+    col_labels = [j % 4 for j in range(n_cols)]
+    same = np.equal.outer(row_labels, col_labels)
+    col_bits = np.full(n_cols, 1000.0)
+    row_bits = np.full(n_rows, 1000.0)
+    # NCD = (C(xy) - 1000) / 1000: 0.90 within a class, 0.95 across, 0.85 to the hub
+    distance = np.where(same, 0.90, 0.95) + rng.normal(0, 0.004, (n_rows, n_cols))
+    distance[:, 0] = 0.85 + rng.normal(0, 0.004, n_rows)
+    store = write_plain_store(
+        tmp_path / "hub.zarr",
+        pair_bits=1000.0 + 1000.0 * distance,
+        row_bits=row_bits,
+        col_bits=col_bits,
+        tile=8,
+        row_labels=row_labels,
+        col_labels=col_labels,
+    )
+    plain = evaluate_store(EvaluationConfig(store=store, ks=(1,)))
+    reduced = evaluate_store(EvaluationConfig(store=store, ks=(1,), hubness_reduction="mp"))
+    assert plain.hubness[0].top == ((0, n_rows),) and plain.result(1).accuracy == 0.25
+    assert reduced.hubness[0].max_count <= n_rows // 4
+    assert reduced.hubness[0].skewness < plain.hubness[0].skewness
+    assert reduced.result(1).accuracy >= 0.75
+
+
+def test_unknown_hubness_reduction(rectangular: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="hubness reduction"):
+        evaluate_store(EvaluationConfig(store=rectangular["store"], hubness_reduction="csls"))
+    with pytest.raises(SystemExit):
+        knn_command(["--store", rectangular["store"], "--hubness-reduction", "csls"])

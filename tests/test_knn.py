@@ -13,16 +13,21 @@ from hypothesis import strategies as st
 from nncd_ray.errors import ConfigError, InputError
 from nncd_ray.knn import (
     NO_LABEL,
+    Hubness,
     KNNAccumulator,
     LabelCodec,
+    PairedComparison,
     check_ks,
     confusion_matrix,
+    k_occurrence,
     knn_classify,
     macro_f1,
+    mcnemar_exact,
     predict_codes,
     score_predictions,
     top_k_neighbours,
     vote,
+    wilson_interval,
 )
 
 
@@ -300,3 +305,111 @@ def test_input_is_left_alone_unless_overwrite_is_allowed() -> None:
     scratch = top_k_neighbours(matrix, 4, diagonal_offset=0, overwrite_input=True)
     np.testing.assert_array_equal(plain[0], scratch[0])
     np.testing.assert_array_equal(plain[1], scratch[1])
+
+
+# ---- uncertainty and hubness -------------------------------------------------------------------
+
+
+def wilson_by_bisection(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, ...]:
+    """The Wilson interval from its definition: the proportions pi with
+    |p - pi| = z * sqrt(pi (1 - pi) / n), found by bisection on each side of p."""
+    p = successes / n
+
+    def gap(pi: float) -> float:
+        return (p - pi) ** 2 - z * z * pi * (1 - pi) / n
+
+    def root(lo: float, hi: float) -> float:  # gap(lo) and gap(hi) differ in sign
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            if (gap(mid) > 0) == (gap(lo) > 0):
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    low = 0.0 if successes == 0 else root(0.0, p)
+    high = 1.0 if successes == n else root(p, 1.0)
+    return (low, high)
+
+
+@pytest.mark.parametrize(("successes", "n"), [(88, 200), (97, 200), (0, 10), (10, 10), (1, 3)])
+def test_wilson_interval_solves_its_definition(successes: int, n: int) -> None:
+    low, high = wilson_interval(successes, n)
+    assert (low, high) == pytest.approx(wilson_by_bisection(successes, n), abs=1e-12)
+    assert 0.0 <= low <= successes / n <= high <= 1.0
+
+
+def test_wilson_interval_of_no_queries_is_nan() -> None:
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def mcnemar_by_enumeration(only_first: int, only_second: int) -> float:
+    """Probability, under a fair coin per discordant query, of an outcome at most as likely as
+    the one seen (the two-sided exact test; the binomial(n, 1/2) is symmetric)."""
+    n = only_first + only_second
+    probabilities = [math.comb(n, i) / 2**n for i in range(n + 1)]
+    seen = probabilities[only_first]
+    return min(1.0, sum(p for p in probabilities if p <= seen * (1 + 1e-12)))
+
+
+@pytest.mark.parametrize(("b", "c"), [(0, 0), (0, 5), (1, 9), (29, 38), (38, 29), (21, 21)])
+def test_mcnemar_exact(b: int, c: int) -> None:
+    assert mcnemar_exact(b, c) == pytest.approx(mcnemar_by_enumeration(b, c), rel=1e-12)
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+
+
+def test_paired_comparison_counts() -> None:
+    true = [1, 1, 2, 2, 3]
+    this = [1, 2, 2, 1, 3]  # right on 0, 2, 4
+    baseline = [1, 1, 1, 2, 2]  # right on 0, 1, 3
+    paired = PairedComparison.of(1, true, this, baseline)
+    assert (paired.both_right, paired.only_this, paired.only_baseline) == (1, 2, 2)
+    assert paired.p_value == 1.0 and paired.to_dict()["n_queries"] == 5
+    with pytest.raises(InputError):
+        PairedComparison.of(1, true, this, baseline[:4])
+
+
+def test_hubness_from_counts_by_hand() -> None:
+    hubs = Hubness.from_counts([5, 0, 0, 1, 0], k=1, n_queries=6)
+    # mean 1.2; population moments m2 = 3.76, m3 = 9.936
+    assert hubs.skewness == pytest.approx(9.936 / 3.76**1.5)
+    assert (hubs.max_count, hubs.never, hubs.top) == (5, 3, ((0, 5), (3, 1)))
+    even = Hubness.from_counts([2, 2, 2], k=2, n_queries=3)
+    assert even.skewness == 0.0 and even.never == 0
+    # ties in the top list go to the lower column
+    assert Hubness.from_counts([1, 3, 3, 0], k=1, n_queries=7).top == ((1, 3), (2, 3), (0, 1))
+
+
+def test_accumulator_counts_k_occurrence_over_blocks() -> None:
+    rng = np.random.default_rng(3)
+    distances = rng.random((9, 6))
+    distances[:, 4] -= 1.0  # reference 4 is everybody's nearest: a hub
+    distances[2, 1] = np.nan
+    labels = ["a", "b", "a", "b", "a", "b"]
+    codec = LabelCodec.from_labels(labels)
+    whole = KNNAccumulator(labels, [1, 3], codec)
+    whole.add_block(distances)
+    blocks = KNNAccumulator(labels, [1, 3], codec)
+    for start in range(0, 9, 4):
+        blocks.add_block(distances[start : start + 4])
+    for hubs_whole, hubs_blocks in zip(whole.hubness(), blocks.hubness(), strict=True):
+        assert hubs_whole == hubs_blocks
+    one, three = whole.hubness()
+    assert one.top == ((4, 9),) and one.never == 5 and one.n_queries == 9
+    expected = np.zeros(6, dtype=np.int64)
+    for row in distances:
+        order = sorted((j for j in range(6) if not np.isnan(row[j])), key=lambda j: (row[j], j))
+        expected[order[:3]] += 1
+    indices, _ = top_k_neighbours(distances, 3)
+    assert k_occurrence(indices, 3, 6).tolist() == expected.tolist()
+    assert three.max_count == 9 and sum(c for _, c in three.top) <= 27
+
+
+def test_leave_one_out_never_counts_the_query_itself() -> None:
+    distances = np.full((4, 4), 0.5)
+    np.fill_diagonal(distances, 0.0)
+    codec = LabelCodec.from_labels(["a", "b", "a", "b"])
+    accumulator = KNNAccumulator(["a", "b", "a", "b"], [1], codec)
+    accumulator.add_block(distances, diagonal_offset=0)
+    # every other reference ties at 0.5, so each query takes the lowest other index
+    assert accumulator.hubness()[0].top == ((0, 3), (1, 1))

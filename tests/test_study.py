@@ -100,6 +100,26 @@ def test_agnews_small_reproduces_the_protocol_and_resumes(tmp_path: Path) -> Non
         assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best, k = first.best()
     assert Path(out / f"confusion_{best.compressor}_k{k}.png").exists()
+    # bz2 against gzip on the same queries, from the two prediction files
+    rows = json.loads((out / "study.json").read_text())["rows"]
+    assert rows[0]["paired"] == {} and rows[1]["paired_with"] == "gzip"
+    predictions = {
+        name: [json.loads(line) for line in (out / f"{name}.predictions.jsonl").open()]
+        for name in ("gzip", "bz2")
+    }
+    for k in ("1", "3", "5", "7"):
+        right = {
+            name: [p["predicted"][k] == p["label"] for p in lines]
+            for name, lines in predictions.items()
+        }
+        pairs = list(zip(right["bz2"], right["gzip"], strict=True))
+        paired = rows[1]["paired"][k]
+        assert paired["only_this"] == sum(a and not b for a, b in pairs)
+        assert paired["only_baseline"] == sum(b and not a for a, b in pairs)
+        assert 0.0 < paired["p_value"] <= 1.0
+        low, high = rows[0]["accuracy_95ci"][k]
+        assert low < rows[0]["accuracy"][k] < high
+    assert "exact McNemar" in markdown
 
     # the same command again: nothing left to compute, the same table
     again = run_study(config)

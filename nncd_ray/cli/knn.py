@@ -14,6 +14,7 @@ from typing import Any
 
 from nncd_ray.cli.common import parse_options
 from nncd_ray.evaluate import EvaluationConfig, evaluate_store
+from nncd_ray.knn import HUBNESS_REDUCTIONS
 from nncd_ray.ncd import VARIANTS
 
 
@@ -45,6 +46,13 @@ def add_store_reading_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="rows read per block (default: as many as fit 16 MiB of float64 distances)",
+    )
+    parser.add_argument(
+        "--hubness-reduction",
+        choices=HUBNESS_REDUCTIONS,
+        default="none",
+        help="none: neighbours by NCD (the protocol's k-NN); mp: by mutual proximity of the NCD, "
+        "which discounts references near to everything (one more pass over the store)",
     )
 
 
@@ -86,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             variant=args.variant,
             allow_partial=args.allow_partial,
             block_rows=args.block_rows,
+            hubness_reduction=args.hubness_reduction,
             storage_options=parse_options(args.storage_option, "--storage-option") or None,
         )
     )
