@@ -380,11 +380,8 @@ def evaluate_store(config: EvaluationConfig) -> EvaluationReport:
     for row_start, row_stop in blocks:
         distances = view.distances(row_start, row_stop)
         if columns is not None:
-            distances = mutual_proximity(
-                _without_self(distances, row_start if view.square else None),
-                *row_moments(distances),
-                *columns,
-            )
+            distances = _without_self(distances, row_start if view.square else None)
+            distances = mutual_proximity(distances, *row_moments(distances), *columns)
         accumulator.add_block(
             distances,
             diagonal_offset=row_start if view.square else None,
