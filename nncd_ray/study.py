@@ -98,6 +98,8 @@ class StudyConfig:
     progress: bool = False
     # write PNG plots (needs matplotlib)
     plots: bool = True
+    # "none" (the protocol's k-NN over NCD) or "mp" (over its mutual proximity; not PROTOCOL.md)
+    hubness_reduction: str = "none"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +182,7 @@ class StudyResult:
             "protocol": self.config.protocol,
             "data": self.config.data,
             "variant": self.config.variant,
+            "hubness_reduction": self.config.hubness_reduction,
             "ks": list(self.config.ks),
             "n_queries": self.n_queries,
             "n_refs": self.n_refs,
@@ -213,6 +216,14 @@ class StudyResult:
             "majority vote, ties to the class whose nearest member is nearest.",
             "Bits per byte: total bits / total bytes over every document, each compressed alone "
             "(PROTOCOL.md); per doc: the unweighted mean of per-document rates.",
+            *(
+                [
+                    "Neighbours by **mutual proximity** of the NCD (Gaussian form, Schnitzer "
+                    "et al. 2012), not by the NCD itself: not PROTOCOL.md's k-NN."
+                ]
+                if self.config.hubness_reduction == "mp"
+                else []
+            ),
             "",
             "| compressor | bits/byte | per doc | "
             + " | ".join(f"acc k={k}" for k in ks)
@@ -332,7 +343,9 @@ def run_study(config: StudyConfig) -> StudyResult:
             split.refs,
         )
         log.info("%s: matrix in %.1f s", choice.label, time.perf_counter() - started)
-        report = evaluate_store(EvaluationConfig(store=store, ks=ks))
+        report = evaluate_store(
+            EvaluationConfig(store=store, ks=ks, hubness_reduction=config.hubness_reduction)
+        )
         report.write_json(out / f"{choice.label}.report.json")
         report.write_predictions(out / f"{choice.label}.predictions.jsonl")
         rows.append(_row(choice, store, summary, report))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from nncd_ray.errors import ConfigError
+from nncd_ray.evaluate import EvaluationConfig, evaluate_store
 from nncd_ray.scorers import ScorerSpec
 from nncd_ray.study import CompressorChoice, StudyConfig, parse_compressors, run_study
 
@@ -171,6 +172,19 @@ def test_cli_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     printed = capsys.readouterr().out
     assert "| gzip | 6.08 | 6.26 | 0.485 | 0.465 |" in printed
+    assert "mutual proximity" not in printed
+    # the same store, neighbours by mutual proximity: what `nncd knn --hubness-reduction mp` gives
+    args = ["--compressors", "gzip", "--out", str(tmp_path / "cli"), "--k", "1,3", "--no-plots"]
+    assert main(["study", "--protocol", "agnews-small", "--data", str(AGNEWS), *args,
+                 "--hubness-reduction", "mp"]) == 0  # fmt: skip
+    assert "mutual proximity" in capsys.readouterr().out
+    table = json.loads((tmp_path / "cli" / "study.json").read_text())
+    assert table["hubness_reduction"] == "mp" and table["rows"][0]["pairs_computed"] == 0
+    expected = evaluate_store(
+        EvaluationConfig(store=str(tmp_path / "cli" / "gzip.zarr"), ks=(1, 3),
+                         hubness_reduction="mp")
+    )  # fmt: skip
+    assert table["rows"][0]["accuracy"] == {str(m.k): m.accuracy for m in expected.results}
     assert (
         main(
             [

@@ -18,6 +18,7 @@ from typing import Any
 from nncd_ray.cli.common import positive_int
 from nncd_ray.cli.knn import parse_ks
 from nncd_ray.errors import ConfigError
+from nncd_ray.knn import HUBNESS_REDUCTIONS
 from nncd_ray.ncd import VARIANTS
 from nncd_ray.protocols import DATA_ENV, PROTOCOLS, default_data_path
 from nncd_ray.study import StudyConfig, parse_compressors, run_study
@@ -50,6 +51,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--k", type=parse_ks, default=(1, 3, 5, 7), metavar="K,…", help="neighbours (1,3,5,7)"
     )
     parser.add_argument("--variant", choices=VARIANTS, default="ncd", help="NCD variant (ncd)")
+    parser.add_argument(
+        "--hubness-reduction",
+        choices=HUBNESS_REDUCTIONS,
+        default="none",
+        help="none: neighbours by NCD (PROTOCOL.md's k-NN); mp: by mutual proximity of the NCD",
+    )
     parser.add_argument(
         "--executor", choices=("local", "ray"), default="local", help="matrix engine (local)"
     )
@@ -95,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             address=args.address,
             progress=sys.stderr.isatty() if args.progress is None else args.progress,
             plots=not args.no_plots,
+            hubness_reduction=args.hubness_reduction,
         )
     )
     print(result.to_markdown(), end="")
