@@ -331,6 +331,21 @@ def _column_moments(
     return moments.mean_std()
 
 
+def _block(
+    view: StoreView,
+    row_start: int,
+    row_stop: int,
+    columns: tuple[NDArray[np.float64], NDArray[np.float64]] | None,
+) -> NDArray[np.float64]:
+    """The distances k-NN ranks for a block of rows: NCD, or with ``columns`` (each reference's
+    mean and deviation) its mutual proximity."""
+    distances = view.distances(row_start, row_stop)
+    if columns is None:
+        return distances
+    distances = _without_self(distances, row_start if view.square else None)
+    return mutual_proximity(distances, *row_moments(distances), *columns)
+
+
 def evaluate_store(config: EvaluationConfig) -> EvaluationReport:
     """Classify the store's rows against its columns for every k; return the report."""
     started = time.perf_counter()
@@ -378,12 +393,9 @@ def evaluate_store(config: EvaluationConfig) -> EvaluationReport:
     blocks = list(_row_blocks(usable, block_rows, view.tile))
     columns = _column_moments(view, blocks) if config.hubness_reduction == "mp" else None
     for row_start, row_stop in blocks:
-        distances = view.distances(row_start, row_stop)
-        if columns is not None:
-            distances = _without_self(distances, row_start if view.square else None)
-            distances = mutual_proximity(distances, *row_moments(distances), *columns)
+        # no name holds a block across iterations: one block in memory at a time
         accumulator.add_block(
-            distances,
+            _block(view, row_start, row_stop, columns),
             diagonal_offset=row_start if view.square else None,
             overwrite_input=True,  # the block is ours: no second copy
         )

@@ -282,10 +282,20 @@ HUBNESS_REDUCTIONS = ("none", "mp")
 _erfc = np.frompyfunc(math.erfc, 1, 1)
 
 
+# cells per call of the elementwise erfc: its Python-object temporaries stay a few MiB
+_SF_CHUNK = 1 << 16
+
+
 def normal_sf(z: ArrayLike) -> NDArray[np.float64]:
-    """P(Z > z) for a standard normal Z, elementwise (NaN stays NaN)."""
-    values = np.asarray(z, dtype=np.float64)
-    return np.asarray(0.5 * _erfc(values / math.sqrt(2.0)), dtype=np.float64)
+    """P(Z > z) for a standard normal Z, elementwise (NaN stays NaN), to double precision
+    (``math.erfc``; numpy has no erfc), in chunks so that memory stays bounded by the input."""
+    values = np.asarray(z, dtype=np.float64) / math.sqrt(2.0)
+    flat = values.reshape(-1)
+    out = np.empty_like(flat)
+    for start in range(0, flat.size, _SF_CHUNK):
+        stop = start + _SF_CHUNK
+        out[start:stop] = _erfc(flat[start:stop])
+    return (0.5 * out).reshape(values.shape)
 
 
 def row_moments(block: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

@@ -117,6 +117,7 @@ class MemoryResult:
     passed: bool
     block_rows: int
     accuracy_k1: float
+    hubness_reduction: str = "none"
 
 
 def directory_bytes(path: Path) -> int:
@@ -131,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the store goes")
     parser.add_argument("--keep", action="store_true", help="keep the store")
     parser.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    parser.add_argument(
+        "--hubness-reduction",
+        choices=("none", "mp"),
+        default="none",
+        help="passed to nncd knn (mp: mutual proximity, a second pass over the store)",
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="nncd-knn-memory-", dir=args.dir))
@@ -150,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 sys.executable, "-m", "nncd_ray.cli.main", "knn", "--store", str(store),
                 "--k", "1,3,5,7", "--json", str(report),
+                "--hubness-reduction", args.hubness_reduction,
             ]
         )  # fmt: skip
         if code != 0:
@@ -168,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             passed=peak_mib < args.limit_mib,
             block_rows=int(knn["block_rows"]),
             accuracy_k1=float(knn["results"][0]["accuracy"]),
+            hubness_reduction=args.hubness_reduction,
         )
     finally:
         if not args.keep:
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'PASS' if result.passed else 'FAIL'}); importing the stage alone "
         f"{result.import_only_peak_rss_mib:.0f} MiB\n"
         f"  {result.knn_seconds:.1f} s wall, {result.knn_cpu_seconds:.1f} s CPU for k = 1,3,5,7 "
-        f"in blocks of {result.block_rows} rows; "
+        f"in blocks of {result.block_rows} rows, hubness reduction {args.hubness_reduction}; "
         f"accuracy k=1 {result.accuracy_k1:.3f} (chance 0.25)"
     )
     if args.keep:
