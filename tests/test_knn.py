@@ -413,3 +413,17 @@ def test_leave_one_out_never_counts_the_query_itself() -> None:
     accumulator.add_block(distances, diagonal_offset=0)
     # every other reference ties at 0.5, so each query takes the lowest other index
     assert accumulator.hubness()[0].top == ((0, 3), (1, 1))
+
+
+def test_normal_sf_across_chunks() -> None:
+    from statistics import NormalDist
+
+    from nncd_ray.knn import normal_sf
+
+    z = np.linspace(-9.0, 9.0, 70_007).reshape(7, 10_001)  # more than one 64k-cell chunk
+    z[3, 5] = np.nan
+    sf = normal_sf(z)
+    assert sf.shape == z.shape and math.isnan(sf[3, 5])
+    for index in [(0, 0), (2, 17), (6, 10_000), (5, 5_000), (4, 6_553)]:
+        assert sf[index] == pytest.approx(1 - NormalDist().cdf(z[index]), rel=1e-9, abs=1e-15)
+    assert np.all(np.diff(sf[np.isfinite(sf)]) <= 0)  # decreasing along the flattened order
