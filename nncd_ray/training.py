@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from nncd_ray.copy_circuit import CircuitLock, seed_copy_circuit
 from nncd_ray.errors import ConfigError, DatasetNotFound
 from nncd_ray.tiny_models import byte_level_bpe
 from nncd_ray.training_docs import DocumentMix, build_documents, document_sequences
@@ -341,6 +340,8 @@ def train_language_model(config: TrainConfig) -> TrainResult:
     loss (nats/token), bpb (bits per UTF-8 byte of the batch's targets), tokens seen, seconds.
     """
     import torch
+
+    from nncd_ray.copy_circuit import CircuitLock, seed_copy_circuit  # imports torch
 
     if config.steps < 1 or config.batch_size < 1:
         raise ConfigError("steps and batch_size must be positive")

@@ -232,3 +232,19 @@ def test_progress_wrapper_is_silent_without_a_terminal() -> None:
     bar = progress(5, "count")
     bar.update(5)
     bar.close()
+
+
+def test_the_cli_starts_without_torch() -> None:
+    """Every ``nncd`` command builds the whole parser; only the commands that run a model may
+    import torch (about 1 s and 170 MiB), so building the parser must not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from nncd_ray.cli.main import build_parser\n"
+        "build_parser()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'ray') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
