@@ -4,8 +4,9 @@ The store is read with plain zarr in the public layout (``shared/DESIGN.md`` §5
 rows at a time and one chunk at a time, so memory is bounded by ``block_rows × n_cols`` (about ten
 float64 temporaries of one block while NCD and k-NN run) plus, when a block is smaller than a
 tile, the one band of tiles it lies in (kept only if it fits ``BAND_BYTES``; it saves decoding
-every chunk once per block) — never by the whole matrix. Measured: 254 MiB peak RSS for a
-20,000 × 20,000 store with 1000-wide tiles (``python -m nncd_ray.bench.knn_memory``).
+every chunk once per block) — never by the whole matrix. Measured: 256 MiB peak RSS for a
+20,000 × 20,000 store with 1000-wide tiles (``python -m nncd_ray.bench.knn_memory``); 309 MiB
+with mutual proximity, which reads the store twice (column statistics first).
 
 A square store is classified leave-one-out (a document is never its own neighbour). ``ncd-min`` on
 a square store also reads the transposed block ``pair_bits[:, rows]`` (C(yx)); on a rectangular
