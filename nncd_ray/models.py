@@ -145,5 +145,21 @@ def load_causal_lm(
     )
 
 
+def cache_argument(model: Any) -> str:
+    """The ``forward`` keyword that takes a KV cache: ``cache`` since transformers 5.24, which
+    deprecates ``past_key_values`` (removed in 5.40); ``past_key_values`` before."""
+    import inspect
+
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward pass returned (``output.cache`` since transformers 5.24,
+    ``output.past_key_values`` before); ``None`` without one."""
+    cache = output.get("cache") if hasattr(output, "get") else None
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
 def describe(loaded: LoadedModel) -> str:
     return json.dumps(loaded.fingerprint, sort_keys=True)

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nncd_ray.models import cache_argument, output_cache
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
@@ -81,6 +83,7 @@ class LaneStepper:
         self.device = device
         # feature detection: not every architecture's forward takes logits_to_keep
         self._keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._cache_argument = cache_argument(model)
         self._cache: object | None = None
         self._cache_len = 0
         # the last ``overlap`` tokens of every lane, one (lanes,) int64 array per step
@@ -102,7 +105,7 @@ class LaneStepper:
         extra = {"logits_to_keep": 1} if self._keep_last else {}
         mask = torch.ones_like(ids)
         out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **extra)
-        self._cache = out.past_key_values
+        self._cache = output_cache(out)
         self._cache_len = ids.shape[1]
         return self._log_probs(out.logits)
 
@@ -124,9 +127,9 @@ class LaneStepper:
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
-            past_key_values=self._cache,
             use_cache=True,
+            **{self._cache_argument: self._cache},
         )
-        self._cache = out.past_key_values
+        self._cache = output_cache(out)
         self._cache_len += 1
         return self._log_probs(out.logits)

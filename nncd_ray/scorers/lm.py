@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from nncd_ray.errors import ConfigError, DocumentTooLong, InputError
+from nncd_ray.models import cache_argument, output_cache
 from nncd_ray.scorers.base import BaseScorer, TileScores
 from nncd_ray.scorers.lm_batches import pad_batch, token_batches
 from nncd_ray.scorers.lm_cache import (
@@ -140,6 +141,7 @@ class LMScorer(BaseScorer):
         # padding is never attended to by a real token; EOS is always inside the embedding table
         self._pad = self._eos
         self._plain_cache = plain_dynamic_cache(self.model.config)
+        self._cache_argument = cache_argument(self.model)
         with torch.inference_mode():
             self._mask_logits = self._supports_logit_mask()
 
@@ -330,9 +332,9 @@ class LMScorer(BaseScorer):
             input_ids=batch.input_ids.to(self.device),
             attention_mask=attention.to(self.device),
             position_ids=positions,
-            past_key_values=cache,
             use_cache=prefix is not None or final is None,
             logits_to_keep=keep if self._mask_logits else 0,
+            **{self._cache_argument: cache},
         )
         logits = output.logits if self._mask_logits else output.logits[keep]
         targets = batch.targets.to(self.device)
@@ -351,7 +353,7 @@ class LMScorer(BaseScorer):
         return _Pass(
             bits=(nats / _LN2).cpu().numpy(),
             next_logprobs=next_logprobs,
-            cache=output.past_key_values if final is None else None,
+            cache=output_cache(output) if final is None else None,
         )
 
     @staticmethod
