@@ -263,3 +263,28 @@ def test_token_batches_minimise_padding() -> None:
     ]
     assert token_batches([], 100) == []
     assert token_batches([5, 1, 9], 0) == [[1], [0], [2]]
+
+
+def test_cache_keyword_follows_the_installed_transformers(cached: LMScorer) -> None:
+    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache``; both spellings of
+    model and output are handled, and the installed model gets the one its forward takes."""
+    import inspect
+
+    from nncd_ray.models import cache_argument, output_cache
+
+    class New:
+        def forward(self, input_ids=None, cache=None, use_cache=None): ...
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None): ...
+
+    assert cache_argument(New()) == "cache" and cache_argument(Old()) == "past_key_values"
+    taken = inspect.signature(cached.model.forward).parameters
+    assert cache_argument(cached.model) in taken
+
+    class OldOutput:
+        past_key_values = "old"
+
+    assert output_cache({"cache": "new", "logits": 0}) == "new"
+    assert output_cache(OldOutput()) == "old"
+    assert output_cache({"logits": 0}) is None
