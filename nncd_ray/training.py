@@ -101,7 +101,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # save out_dir/checkpoint.pt every this many steps (0: never)
     resume: bool = False  # continue from out_dir/checkpoint.pt (bit-identical to a fresh run)
     progress: bool = True  # tqdm bar
-    max_books: int | None = None  # first N books only (tests)
+    max_books: int | None = None  # first N books only; the rest stay unseen (bench.unseen_books)
     max_train_bytes_per_book: int | None = None  # truncate each training part (tests)
 
 
@@ -345,6 +345,8 @@ def train_language_model(config: TrainConfig) -> TrainResult:
 
     if config.steps < 1 or config.batch_size < 1:
         raise ConfigError("steps and batch_size must be positive")
+    if config.max_books is not None and config.max_books < 1:
+        raise ConfigError(f"max_books must be at least 1, not {config.max_books}")
     if config.embedding_lr_scale < 0 or config.early_embedding_lr_scale < 0:
         raise ConfigError("embedding_lr_scale and early_embedding_lr_scale must be zero or more")
     if config.lock_circuit and not config.copy_circuit:

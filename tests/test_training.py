@@ -253,3 +253,21 @@ def test_train_cli_help() -> None:
         check=True,
     )
     assert "--steps" in result.stdout and "--resume" in result.stdout
+
+
+def test_max_books_leaves_the_other_books_unseen(books_dir: Path, tmp_path: Path) -> None:
+    import argparse
+
+    from nncd_ray.cli.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "m"), "--data-dir", str(books_dir)])
+    assert config_from_args(args).max_books is None
+    args = parser.parse_args(["--out", str(tmp_path / "m"), "--max-books", "1"])
+    assert config_from_args(args).max_books == 1
+    result = train_language_model(_config(books_dir, tmp_path / "one", max_books=1))
+    meta = json.loads((result.out_dir / "training.json").read_text())
+    assert [book["name"] for book in meta["books"]] == ["b1"]  # b2 never read
+    with pytest.raises(ConfigError, match="max_books"):
+        train_language_model(_config(books_dir, tmp_path / "none", max_books=0))

@@ -24,6 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=DEFAULT_DATA, help="folder of UTF-8 *.txt books"
     )
+    parser.add_argument(
+        "--max-books",
+        type=int,
+        metavar="N",
+        help="train on the first N books only (sorted by file name); the others stay unseen, for "
+        "python -m nncd_ray.bench.unseen_books",
+    )
     parser.add_argument("--steps", type=int, default=base.steps, help="optimizer steps")
     parser.add_argument(
         "--batch-size", type=int, default=base.batch_size, help="sequences per step"
@@ -194,6 +201,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay,
         seed=args.seed,
         holdout_fraction=args.holdout_fraction,
+        max_books=args.max_books,
         threads=args.threads,
         bf16_autocast=not args.no_bf16,
         storage_dtype=args.storage_dtype,
