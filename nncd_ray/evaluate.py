@@ -35,6 +35,7 @@ from nncd_ray.knn import (
     KNNAccumulator,
     LabelCodec,
     check_ks,
+    mask_own_cells,
     mutual_proximity,
     row_moments,
 )
@@ -309,16 +310,6 @@ def _row_blocks(usable: NDArray[np.bool_], block_rows: int, tile: int) -> Iterat
         start = stop
 
 
-def _without_self(block: NDArray[np.float64], diagonal_offset: int | None) -> NDArray[np.float64]:
-    """The block with each query's own cell set to NaN (square stores: leave-one-out), in place."""
-    if diagonal_offset is not None:
-        rows = np.arange(block.shape[0])
-        cols = rows + diagonal_offset
-        inside = cols < block.shape[1]
-        block[rows[inside], cols[inside]] = np.nan
-    return block
-
-
 def _column_moments(
     view: StoreView, blocks: list[tuple[int, int]]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -327,7 +318,7 @@ def _column_moments(
     moments = ColumnMoments(view.n_cols)
     for row_start, row_stop in blocks:
         moments.add(
-            _without_self(view.distances(row_start, row_stop), row_start if view.square else None)
+            mask_own_cells(view.distances(row_start, row_stop), row_start if view.square else None)
         )
     return moments.mean_std()
 
@@ -343,7 +334,7 @@ def _block(
     distances = view.distances(row_start, row_stop)
     if columns is None:
         return distances
-    distances = _without_self(distances, row_start if view.square else None)
+    distances = mask_own_cells(distances, row_start if view.square else None)
     return mutual_proximity(distances, *row_moments(distances), *columns)
 
 

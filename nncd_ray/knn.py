@@ -101,6 +101,37 @@ def check_ks(ks: Iterable[int], n_candidates: int | None = None) -> tuple[int, .
     return out
 
 
+def mask_own_cells(block: NDArray[np.float64], diagonal_offset: int | None) -> NDArray[np.float64]:
+    """Set each query's own cell ``(b, diagonal_offset + b)`` of a row block of a square
+    self-matrix to NaN, in place (leave-one-out); nothing when ``diagonal_offset`` is None."""
+    if diagonal_offset is not None:
+        rows = np.arange(block.shape[0])
+        cols = rows + diagonal_offset
+        inside = (cols >= 0) & (cols < block.shape[1])
+        block[rows[inside], cols[inside]] = np.nan
+    return block
+
+
+def _neighbours(
+    distances: ArrayLike,
+    reference_codes: NDArray[np.int64],
+    k: int,
+    *,
+    diagonal_offset: int | None,
+    overwrite_input: bool,
+) -> NDArray[np.int64]:
+    """:func:`top_k_neighbours` indices, after checking there is one label per column."""
+    n_columns = np.shape(distances)[-1]
+    if reference_codes.shape[0] != n_columns:
+        raise InputError(
+            f"{reference_codes.shape[0]} reference labels for {n_columns} reference columns"
+        )
+    indices, _ = top_k_neighbours(
+        distances, k, diagonal_offset=diagonal_offset, overwrite_input=overwrite_input
+    )
+    return indices
+
+
 def top_k_neighbours(
     distances: ArrayLike,
     k: int,
@@ -126,11 +157,7 @@ def top_k_neighbours(
     n_rows, n_refs = work.shape
     if k < 1:
         raise ConfigError(f"k must be a positive integer, not {k}")
-    if diagonal_offset is not None:
-        rows = np.arange(n_rows)
-        cols = rows + diagonal_offset
-        inside = (cols >= 0) & (cols < n_refs)
-        work[rows[inside], cols[inside]] = np.nan
+    mask_own_cells(work, diagonal_offset)
     invalid = np.isnan(work)
     # NaN sorts last (after +inf, which stays a legitimate if useless distance): use +inf as the
     # partition key and the invalid flag as a secondary key wherever that matters
@@ -208,11 +235,12 @@ def predict_codes(
     """
     ref_codes = np.asarray(reference_codes, dtype=np.int64)
     ks = check_ks(ks)
-    n_columns = np.shape(distances)[-1]
-    if ref_codes.shape[0] != n_columns:
-        raise InputError(f"{ref_codes.shape[0]} reference labels for {n_columns} reference columns")
-    indices, _ = top_k_neighbours(
-        distances, ks[-1], diagonal_offset=diagonal_offset, overwrite_input=overwrite_input
+    indices = _neighbours(
+        distances,
+        ref_codes,
+        ks[-1],
+        diagonal_offset=diagonal_offset,
+        overwrite_input=overwrite_input,
     )
     return vote_neighbours(indices, ref_codes, ks, n_classes)
 
@@ -569,19 +597,18 @@ class KNNAccumulator:
     ) -> dict[int, NDArray[np.int64]]:
         """Classify a ``(B, n_refs)`` block; returns and records ``{k: (B,) codes}`` and counts
         each reference's k-occurrence (:meth:`hubness`)."""
-        n_columns = np.shape(distances)[-1]
-        if n_columns != self.reference_codes.shape[0]:
-            raise InputError(
-                f"{self.reference_codes.shape[0]} reference labels for {n_columns} reference "
-                "columns"
-            )
-        indices, _ = top_k_neighbours(
-            distances, self.ks[-1], diagonal_offset=diagonal_offset, overwrite_input=overwrite_input
+        indices = _neighbours(
+            distances,
+            self.reference_codes,
+            self.ks[-1],
+            diagonal_offset=diagonal_offset,
+            overwrite_input=overwrite_input,
         )
         codes = vote_neighbours(indices, self.reference_codes, self.ks, len(self.codec))
+        n_refs = int(self.reference_codes.shape[0])
         for k, block in codes.items():
             self._blocks[k].append(block)
-            self._occurrence[k] += k_occurrence(indices, k, n_columns)
+            self._occurrence[k] += k_occurrence(indices, k, n_refs)
         self._rows += int(indices.shape[0])
         return codes
 

@@ -176,6 +176,14 @@ class StudyResult:
             if m.k in baseline.predictions
         }
 
+    def _row_dict(self, row: StudyRow) -> dict[str, Any]:
+        paired = self.paired(row)
+        return {
+            **row.to_dict(),
+            "paired_with": self.rows[0].compressor if paired else None,
+            "paired": {str(k): c.to_dict() for k, c in paired.items()},
+        }
+
     def to_dict(self) -> dict[str, Any]:
         best_row, best_k = self.best()
         return {
@@ -191,14 +199,7 @@ class StudyResult:
             "tile": self.config.tile,
             "bits_per_byte_definition": "total bits / total UTF-8 bytes over every document of "
             "the split, each compressed on its own (PROTOCOL.md)",
-            "rows": [
-                {
-                    **row.to_dict(),
-                    "paired_with": self.rows[0].compressor if self.paired(row) else None,
-                    "paired": {str(k): c.to_dict() for k, c in self.paired(row).items()},
-                }
-                for row in self.rows
-            ],
+            "rows": [self._row_dict(row) for row in self.rows],
             "best": {"compressor": best_row.compressor, "k": best_k},
             "plots": list(self.plots),
             "plots_skipped": self.plots_skipped,

@@ -34,11 +34,10 @@ from nncd_ray.errors import ConfigError, NNCDError
 from nncd_ray.knn import (
     ColumnMoments,
     Hubness,
-    k_occurrence,
-    knn_classify,
+    KNNAccumulator,
+    LabelCodec,
     mutual_proximity,
     row_moments,
-    top_k_neighbours,
 )
 from nncd_ray.ncd import ncd_matrix
 
@@ -108,6 +107,15 @@ def unseen_split(
     return split
 
 
+def _classify(distances: np.ndarray, split: Split) -> tuple[dict[str, float], Hubness]:
+    """Accuracy per k of the queries against the references, and the hubness at k = 1."""
+    codec = LabelCodec.from_labels(split.ref_labels, split.query_labels)
+    accumulator = KNNAccumulator(split.ref_labels, KS, codec)
+    accumulator.add_block(distances)
+    accuracy = {str(m.k): m.accuracy for m in accumulator.metrics(split.query_labels)}
+    return accuracy, accumulator.hubness()[0]
+
+
 def evaluate(name: str, scorer: Any, split: Split) -> dict[str, Any]:
     """Accuracy (plain and mutual proximity), hubness and savings of one compressor."""
     started = time.perf_counter()
@@ -117,23 +125,15 @@ def evaluate(name: str, scorer: Any, split: Split) -> dict[str, Any]:
     moments.add(distances)
     proximity = mutual_proximity(distances, *row_moments(distances), *moments.mean_std())
 
-    def accuracy(matrix: np.ndarray) -> dict[str, float]:
-        _, predicted = knn_classify(matrix, split.ref_labels, KS)
-        truth = split.query_labels
-        return {
-            str(k): float(np.mean([a == b for a, b in zip(p, truth, strict=True)]))
-            for k, p in predicted.items()
-        }
-
-    nearest, _ = top_k_neighbours(distances, 1)
-    hubs = Hubness.from_counts(k_occurrence(nearest, 1, len(split.refs)), 1, len(split.queries))
+    plain, hubs = _classify(distances, split)
+    by_proximity, _ = _classify(proximity, split)
     saving = 1.0 - (tile.pair_bits - tile.row_bits[:, None]) / tile.col_bits[None, :]
     same = np.equal.outer(split.query_labels, split.ref_labels)
     n_bytes = sum(len(q.encode("utf-8")) for q in split.queries)
     return {
         "compressor": name,
-        "accuracy": accuracy(distances),
-        "accuracy_mutual_proximity": accuracy(proximity),
+        "accuracy": plain,
+        "accuracy_mutual_proximity": by_proximity,
         "n1_skewness": hubs.skewness,
         "n1_max": hubs.max_count,
         "never_nearest": hubs.never,
