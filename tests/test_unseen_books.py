@@ -79,6 +79,16 @@ def test_unseen_books_are_classified(tiny_gpt2_dir: Path, tmp_path: Path) -> Non
         assert 1 <= row["n1_max"] <= 6 and 0 <= row["never_nearest"] < 6
         assert set(row["accuracy_mutual_proximity"]) == {"1", "3", "5"}
         assert row["query_bits_per_byte"] > 0
+        # the most used reference is named, with its book and text
+        hub = row["top_hubs"][0]
+        assert hub["nearest_for"] == row["n1_max"]
+        assert hub["book"] in ("b", "c") and hub["text"] in result_refs(data, hub)
+
+
+def result_refs(data: Path, hub: dict[str, object]) -> str:
+    """The reference passage a hub names, as unseen_split draws it."""
+    split = unseen_books.unseen_split(data, ["b", "c"], 6)
+    return split.refs[int(hub["reference"])]  # type: ignore[call-overload]
 
 
 def test_which_books_are_unseen(tiny_gpt2_dir: Path, tmp_path: Path) -> None:

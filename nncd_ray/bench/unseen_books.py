@@ -42,6 +42,8 @@ from nncd_ray.knn import (
 from nncd_ray.ncd import ncd_matrix
 
 KS = (1, 3, 5)
+# characters of a hub reference shown in the report
+HUB_PREVIEW_CHARS = 160
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +132,18 @@ def evaluate(name: str, scorer: Any, split: Split) -> dict[str, Any]:
     saving = 1.0 - (tile.pair_bits - tile.row_bits[:, None]) / tile.col_bits[None, :]
     same = np.equal.outer(split.query_labels, split.ref_labels)
     n_bytes = sum(len(q.encode("utf-8")) for q in split.queries)
+    top_hubs = [
+        {
+            "reference": column,
+            "book": split.ref_labels[column],
+            "nearest_for": count,
+            # what any query saves on this reference, on average, against all references' mean
+            "mean_saving": float(saving[:, column].mean()),
+            "bits": float(tile.col_bits[column]),
+            "text": split.refs[column][:HUB_PREVIEW_CHARS],
+        }
+        for column, count in hubs.top[:3]
+    ]
     return {
         "compressor": name,
         "accuracy": plain,
@@ -137,6 +151,8 @@ def evaluate(name: str, scorer: Any, split: Split) -> dict[str, Any]:
         "n1_skewness": hubs.skewness,
         "n1_max": hubs.max_count,
         "never_nearest": hubs.never,
+        "top_hubs": top_hubs,
+        "mean_saving_all": float(saving.mean()),
         # mean of (C(y) − C(y|x)) / C(y) over pairs of the same book / of different books
         "saving_same_book": float(saving[same].mean()),
         "saving_other_book": float(saving[~same].mean()),
@@ -197,6 +213,14 @@ def to_markdown(result: UnseenBooksResult) -> str:
             + f" | {row['n1_skewness']:.2f} | {row['n1_max']} | "
             f"{row['saving_same_book']:+.2%} | {row['saving_other_book']:+.2%} |"
         )
+    for row in result.rows:
+        for hub in row.get("top_hubs", ()):
+            preview = " ".join(hub["text"].split())[:100]
+            lines.append(
+                f"- {row['compressor']} hub: reference {hub['reference']} ({hub['book']}), nearest "
+                f"for {hub['nearest_for']} queries, mean saving {hub['mean_saving']:+.2%} "
+                f"(all references {row['mean_saving_all']:+.2%}): {preview!r}"
+            )
     return "\n".join(lines) + "\n"
 
 
