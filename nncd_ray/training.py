@@ -27,7 +27,13 @@ import numpy as np
 
 from nncd_ray.errors import ConfigError, DatasetNotFound
 from nncd_ray.tiny_models import byte_level_bpe
-from nncd_ray.training_docs import DocumentMix, build_documents, document_sequences
+from nncd_ray.training_docs import (
+    IGNORE_INDEX,
+    DocumentMix,
+    build_documents,
+    document_sequences,
+    split_window,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -330,7 +336,16 @@ def training_windows(
     if config.layout != "documents":
         raise ConfigError(f"unknown layout {config.layout!r}; choose documents or stream")
     docs = build_documents(tokenizer, training_texts(books, config), config.mix, config.seed)
-    return document_sequences(docs, context, int(tokenizer.eos_token_id), config.mix, config.seed)
+    # noise spans draw from the learned symbols, never from the special tokens
+    first_plain = 1 + max(int(i) for i in tokenizer.all_special_ids)
+    return document_sequences(
+        docs,
+        context,
+        int(tokenizer.eos_token_id),
+        config.mix,
+        config.seed,
+        noise_tokens=(first_plain, len(tokenizer)),
+    )
 
 
 def train_language_model(config: TrainConfig) -> TrainResult:
@@ -392,12 +407,16 @@ def train_language_model(config: TrainConfig) -> TrainResult:
             if config.lock_circuit and lock is None and step >= config.early_steps:
                 lock = CircuitLock(model)  # a resumed run re-reads the same, restored values
             lr = _set_learning_rate(optimizer, step, config)
-            targets = torch.from_numpy(np.stack([next(windows) for _ in range(config.batch_size)]))
-            inputs = torch.cat([torch.full((len(targets), 1), bos), targets[:, :-1]], dim=1)
+            window = np.stack([next(windows) for _ in range(config.batch_size)])
+            tokens_np, targets_np = split_window(window)
+            tokens, targets = torch.from_numpy(tokens_np), torch.from_numpy(targets_np)
+            inputs = torch.cat([torch.full((len(tokens), 1), bos), tokens[:, :-1]], dim=1)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast):
                 logits = model(input_ids=inputs).logits
             loss = torch.nn.functional.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)
+                logits.float().reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -406,8 +425,9 @@ def train_language_model(config: TrainConfig) -> TrainResult:
             if lock is not None:
                 lock.restore()
             loss_value = loss.item()
-            batch_bytes = int(byte_len[targets].sum())
-            bpb = loss_value * targets.numel() / math.log(2) / max(1, batch_bytes)
+            scored = targets[targets != IGNORE_INDEX]
+            batch_bytes = int(byte_len[scored].sum())
+            bpb = loss_value * scored.numel() / math.log(2) / max(1, batch_bytes)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.3f}", bpb=f"{bpb:.3f}")

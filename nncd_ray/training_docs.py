@@ -23,6 +23,13 @@ Gutenberg's files are hard-wrapped at about 70 columns; with probability ``unwra
 document's line breaks inside paragraphs are joined with spaces, so the model does not expect a
 newline every 70 characters in text that has none.
 
+With probability ``noise_prob`` a document is read with a span of 1 to ``noise_max_tokens`` random
+tokens inserted at a random place (fresh noise each time the document is used). The model reads the
+noise but is never asked to predict it (its targets are ignored in the loss); it is asked to predict
+what follows. Real text is full of spans a model has no prior for (a Latin tag in a novel, an HTML
+remnant in a news item); a model that never saw one loses its footing for the rest of the document,
+so that *any* preceding document, by restoring it, makes such a document look near to everything.
+
 Everything here is a pure function of its inputs and a ``numpy`` generator.
 """
 
@@ -53,11 +60,21 @@ class DocumentMix:
     repeat_prob: float = 0.2  # next document = an earlier one of this sequence, verbatim
     unwrap_prob: float = 0.5  # join a document's hard line wraps with spaces
     copy_task_prob: float = 0.2  # a sequence is a copy drill: shuffled documents, each twice
+    noise_prob: float = 0.0  # a document is read with a span of random tokens inserted
+    noise_max_tokens: int = 6  # longest noise span
 
     def check(self) -> None:
         if not 1 <= self.min_tokens <= self.max_tokens:
             raise ConfigError("document lengths need 1 <= min_tokens <= max_tokens")
-        probs = (self.continue_prob, self.repeat_prob, self.unwrap_prob, self.copy_task_prob)
+        if self.noise_max_tokens < 1:
+            raise ConfigError("noise_max_tokens must be at least 1")
+        probs = (
+            self.continue_prob,
+            self.repeat_prob,
+            self.unwrap_prob,
+            self.copy_task_prob,
+            self.noise_prob,
+        )
         if any(not 0.0 <= p <= 1.0 for p in probs) or self.continue_prob + self.repeat_prob > 1:
             raise ConfigError(
                 "document-mix probabilities must lie in [0, 1] (continue + repeat <= 1)"
@@ -142,12 +159,46 @@ def build_documents(
     )
 
 
+def noise_token(token: np.ndarray) -> np.ndarray:
+    """How a noise token is marked in a training window: ``-1 - token`` (read, never a target)."""
+    return -1 - token
+
+
+def split_window(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(tokens, targets)`` of a window: noise tokens unmarked in ``tokens`` and ``-100`` (the
+    loss's ignore index) in ``targets``."""
+    noise = window < 0
+    tokens = np.where(noise, -1 - window, window)
+    return tokens, np.where(noise, IGNORE_INDEX, window)
+
+
+IGNORE_INDEX = -100
+
+
+def _with_noise(
+    doc: np.ndarray, mix: DocumentMix, noise_tokens: tuple[int, int], rng: np.random.Generator
+) -> np.ndarray:
+    length = int(rng.integers(1, mix.noise_max_tokens + 1))
+    where = int(rng.integers(0, len(doc) + 1))
+    noise = noise_token(rng.integers(noise_tokens[0], noise_tokens[1], size=length))
+    return np.concatenate([doc[:where], noise, doc[where:]])
+
+
 def document_sequences(
-    docs: Documents, context: int, eos: int, mix: DocumentMix, seed: int
+    docs: Documents,
+    context: int,
+    eos: int,
+    mix: DocumentMix,
+    seed: int,
+    noise_tokens: tuple[int, int] = (0, 0),
 ) -> Iterator[np.ndarray]:
     """Endless training sequences ``d1 [e] d2 [e] …`` of exactly ``context`` target tokens
-    (fed after ``[b]``), each starting at the start of a document; deterministic given ``seed``."""
+    (fed after ``[b]``), each starting at the start of a document; deterministic given ``seed``.
+    Noise spans (``mix.noise_prob``) are drawn from token ids ``noise_tokens[0] <= id <
+    noise_tokens[1]`` and marked by :func:`noise_token`; :func:`split_window` unmarks them."""
     mix.check()
+    if mix.noise_prob > 0 and not 0 <= noise_tokens[0] < noise_tokens[1]:
+        raise ConfigError("noise spans need a non-empty range of token ids")
     rng = np.random.default_rng([seed, 2])
     n_docs = len(docs.ids)
     separator = np.asarray([eos], dtype=np.int64)
@@ -164,8 +215,12 @@ def document_sequences(
             continue
         current = int(rng.integers(n_docs))
         while filled < context:
-            parts += [docs.ids[current], separator]
-            filled += len(docs.ids[current]) + 1
+            doc = docs.ids[current]
+            # the noise draw only when noise is on, so that recipes without it keep their sequences
+            if mix.noise_prob > 0 and rng.random() < mix.noise_prob:
+                doc = _with_noise(doc, mix, noise_tokens, rng)
+            parts += [doc, separator]
+            filled += len(doc) + 1
             used.append(current)
             draw = rng.random()
             follower = int(docs.next_in_book[current])

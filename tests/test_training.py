@@ -271,3 +271,24 @@ def test_max_books_leaves_the_other_books_unseen(books_dir: Path, tmp_path: Path
     assert [book["name"] for book in meta["books"]] == ["b1"]  # b2 never read
     with pytest.raises(ConfigError, match="max_books"):
         train_language_model(_config(books_dir, tmp_path / "none", max_books=0))
+
+
+def test_noise_spans_train_and_are_recorded(books_dir: Path, tmp_path: Path) -> None:
+    import argparse
+
+    from nncd_ray.cli.train import add_arguments, config_from_args
+    from nncd_ray.training_docs import DocumentMix
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", "m", "--noise-prob", "0.3", "--noise-max-tokens", "5"])
+    mix = config_from_args(args).mix
+    assert (mix.noise_prob, mix.noise_max_tokens) == (0.3, 5)
+    assert config_from_args(parser.parse_args(["--out", "m"])).mix.noise_prob == 0.0
+    config = _config(books_dir, tmp_path / "noisy", mix=DocumentMix(noise_prob=1.0))
+    result = train_language_model(config)
+    assert math.isfinite(result.final_loss_nats)
+    meta = json.loads((result.out_dir / "training.json").read_text())
+    assert meta["config"]["mix"]["noise_prob"] == 1.0
+    log = (result.out_dir / "train_log.jsonl").read_text().splitlines()
+    assert all(math.isfinite(json.loads(line)["bpb"]) for line in log)

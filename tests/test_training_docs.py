@@ -11,7 +11,13 @@ import pytest
 from nncd_ray.errors import ConfigError
 from nncd_ray.tiny_models import byte_level_bpe
 from nncd_ray.training import TrainConfig, training_windows
-from nncd_ray.training_docs import DocumentMix, build_documents, document_sequences
+from nncd_ray.training_docs import (
+    IGNORE_INDEX,
+    DocumentMix,
+    build_documents,
+    document_sequences,
+    split_window,
+)
 
 EOS = 1
 
@@ -105,6 +111,8 @@ def test_repeat_and_continue_choose_the_next_document(tokenizer) -> None:  # typ
         DocumentMix(min_tokens=50, max_tokens=10),
         DocumentMix(continue_prob=0.8, repeat_prob=0.3),
         DocumentMix(unwrap_prob=1.5),
+        DocumentMix(noise_prob=-0.1),
+        DocumentMix(noise_max_tokens=0),
     ],
 )
 def test_bad_mix_is_refused(tokenizer, mix: DocumentMix) -> None:  # type: ignore[no-untyped-def]
@@ -134,3 +142,36 @@ def test_copy_drill_repeats_a_shuffled_document(tokenizer) -> None:  # type: ign
     assert np.array_equal(pieces[0], pieces[1]) and np.array_equal(pieces[2], pieces[3])
     sorted_docs = {tuple(sorted(d.tolist())) for d in docs.ids}
     assert tuple(sorted(pieces[0].tolist())) in sorted_docs  # a permutation of one document
+
+
+def test_noise_spans_are_read_but_never_targets(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    docs = build_documents(tokenizer, BOOKS, DocumentMix(min_tokens=5, max_tokens=20), seed=0)
+    mix = DocumentMix(noise_prob=1.0, noise_max_tokens=4, copy_task_prob=0.0, repeat_prob=0.0)
+    window = next(document_sequences(docs, 200, EOS, mix, 0, noise_tokens=(3, 300)))
+    tokens, targets = split_window(window)
+    noise = targets == IGNORE_INDEX
+    assert noise.any() and (tokens >= 0).all()
+    assert ((tokens[noise] >= 3) & (tokens[noise] < 300)).all()
+    assert np.array_equal(tokens[~noise], targets[~noise])
+    # taking the noise out leaves whole documents of the books, each with one span of 1 to 4
+    clean = tokens[~noise]
+    pieces = _documents_in(clean)
+    known = {tuple(d.tolist()) for d in docs.ids}
+    assert all(tuple(p.tolist()) in known for p in pieces)
+    spans = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], noise, [0]]))))[::2]
+    assert spans.min() >= 1 and spans.max() <= 4
+    again = next(document_sequences(docs, 200, EOS, mix, 0, noise_tokens=(3, 300)))
+    assert np.array_equal(window, again)  # deterministic given the seed
+
+
+def test_no_noise_leaves_sequences_as_they_were(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    docs = build_documents(tokenizer, BOOKS, DocumentMix(max_tokens=60), seed=0)
+    plain = DocumentMix()
+    first = list(itertools.islice(document_sequences(docs, 128, EOS, plain, seed=3), 10))
+    ranged = document_sequences(docs, 128, EOS, plain, seed=3, noise_tokens=(3, 300))
+    assert all(np.array_equal(a, b) for a, b in zip(first, ranged, strict=False))
+    assert all((w >= 0).all() for w in first)
+    tokens, targets = split_window(first[0])
+    assert np.array_equal(tokens, first[0]) and np.array_equal(targets, first[0])
+    with pytest.raises(ConfigError, match="range of token ids"):
+        next(document_sequences(docs, 128, EOS, DocumentMix(noise_prob=0.5), seed=3))

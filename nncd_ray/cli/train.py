@@ -76,6 +76,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="chance that a sequence is a copy drill (a shuffled document, twice)",
     )
     parser.add_argument(
+        "--noise-prob",
+        type=float,
+        default=mix.noise_prob,
+        help="chance that a document is read with a span of random tokens inserted (never a "
+        "target), so that an unfamiliar span does not throw the model for the rest of it",
+    )
+    parser.add_argument(
+        "--noise-max-tokens",
+        type=int,
+        default=mix.noise_max_tokens,
+        help="longest noise span, in tokens",
+    )
+    parser.add_argument(
         "--copy-circuit",
         action=argparse.BooleanOptionalAction,
         default=base.copy_circuit,
@@ -185,6 +198,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             repeat_prob=args.repeat_prob,
             unwrap_prob=args.unwrap_prob,
             copy_task_prob=args.copy_task_prob,
+            noise_prob=args.noise_prob,
+            noise_max_tokens=args.noise_max_tokens,
         ),
         steps=args.steps,
         batch_size=args.batch_size,
