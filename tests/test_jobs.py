@@ -69,6 +69,9 @@ def clean_env(**extra: str) -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith(("RAY_ADDRESS", "RAY_API_SERVER", "RAY_AUTH"))
     }
+    # the job's `python` and Ray's own CLI must be this interpreter's, also when the venv that
+    # runs the tests was not activated (its bin not on PATH)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra)
     return env
 
