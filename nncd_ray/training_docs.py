@@ -159,20 +159,21 @@ def build_documents(
     )
 
 
+# the loss's ignore index (torch.nn.functional.cross_entropy's default)
+IGNORE_INDEX = -100
+
+
 def noise_token(token: np.ndarray) -> np.ndarray:
-    """How a noise token is marked in a training window: ``-1 - token`` (read, never a target)."""
+    """How a noise token is marked in a training window: ``-1 - token`` (read, never a target).
+    The marking is its own inverse: ``noise_token(noise_token(t)) == t``."""
     return -1 - token
 
 
 def split_window(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(tokens, targets)`` of a window: noise tokens unmarked in ``tokens`` and ``-100`` (the
-    loss's ignore index) in ``targets``."""
+    """``(tokens, targets)`` of a window: noise tokens unmarked in ``tokens`` and
+    :data:`IGNORE_INDEX` in ``targets``."""
     noise = window < 0
-    tokens = np.where(noise, -1 - window, window)
-    return tokens, np.where(noise, IGNORE_INDEX, window)
-
-
-IGNORE_INDEX = -100
+    return np.where(noise, noise_token(window), window), np.where(noise, IGNORE_INDEX, window)
 
 
 def _with_noise(
