@@ -7,12 +7,14 @@ JSON (``EvaluationReport.to_dict``)::
                   "n_unpredicted", "labels", "confusion"}, ...],  # empty without query labels
      "hubness": [{"k", "n_queries", "n_refs", "skewness", "max_count", "never",
                   "top": [{"col", "id", "label", "count"}, ...]}, ...],
-     "bits_per_byte", "bits_per_byte_mean_doc", "compression": {...}, "compressor": {...},
-     "skipped_rows": [...], "block_rows", "seconds"}
+     "hub_note", "bits_per_byte", "bits_per_byte_mean_doc", "compression": {...},
+     "compressor": {...}, "skipped_rows": [...], "block_rows", "seconds"}
 
 ``accuracy_95ci`` is the Wilson score interval; ``hubness`` describes how unevenly the references
 serve as neighbours (:class:`nncd_ray.knn.Hubness`): the skewness of their k-occurrence, the most
-used references and how many are never among any query's k nearest.
+used references and how many are never among any query's k nearest. ``hub_note`` (or null) says
+when one reference is the nearest neighbour of at least :data:`HUB_SHARE` of the queries (and of at
+least :data:`HUB_MIN_QUERIES`) under the protocol's k-NN, and suggests mutual proximity.
 
 Predictions, one JSON object per evaluated query, in row order::
 
@@ -28,6 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from nncd_ray.knn import Hubness, KNNMetrics
+
+# A reference that is the nearest neighbour of this share of the queries (and of at least
+# HUB_MIN_QUERIES of them) gets a note: with four balanced classes it alone decides a tenth of the
+# predictions at k = 1, whatever the queries' classes.
+HUB_SHARE = 0.10
+HUB_MIN_QUERIES = 10
 
 
 def _ranges(rows: Iterable[int]) -> str:
@@ -128,6 +136,26 @@ class EvaluationReport:
             out.append(record)
         return out
 
+    @property
+    def hub_note(self) -> str | None:
+        """One line when a single reference is the nearest neighbour (k = 1, plain NCD) of at
+        least :data:`HUB_SHARE` of the queries, naming it and the remedy; else ``None``."""
+        if self.hubness_reduction != "none":
+            return None
+        first = next((hubs for hubs in self.hubness if hubs.k == 1), None)
+        if first is None or not first.top or first.n_queries == 0:
+            return None
+        col, count = first.top[0]
+        if count < max(HUB_MIN_QUERIES, HUB_SHARE * first.n_queries):
+            return None
+        name = self.reference_ids[col] if col < len(self.reference_ids) else str(col)
+        return (
+            f"reference {name!r} (column {col}) is the nearest neighbour of {count} of "
+            f"{first.n_queries} queries (N_1 skewness {first.skewness:.1f}): a hub decides these "
+            "predictions whatever their class; `--hubness-reduction mp` discounts hubs "
+            "(mutual proximity, not the protocol's k-NN)"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "store": self.store,
@@ -141,6 +169,7 @@ class EvaluationReport:
             "n_refs": self.n_refs,
             "results": [m.to_dict() for m in self.results],
             "hubness": self.hubness_dicts(),
+            "hub_note": self.hub_note,
             "bits_per_byte": self.bits_per_byte,
             "bits_per_byte_mean_doc": self.compression.get("bits_per_byte_mean_doc"),
             "compression": self.compression,
@@ -190,6 +219,9 @@ class EvaluationReport:
                 f"| {record['k']} | {record['skewness']:.2f} | {record['max_count']} | "
                 f"{record['never']}/{record['n_refs']} | {top} |"
             )
+        note = self.hub_note
+        if note is not None:
+            lines += ["", f"**Hub:** {note}."]
         return lines
 
     def to_markdown(self) -> str:

@@ -133,6 +133,7 @@ class StudyRow:
             "accuracy_95ci": {str(m.k): list(m.accuracy_interval) for m in self.report.results},
             "macro_f1": {str(k): v for k, v in self.macro_f1.items()},
             "hubness": {str(h["k"]): h for h in self.report.hubness_dicts()},
+            "hub_note": self.report.hub_note,
             "pairs_per_second": self.pairs_per_second,
             "pairs_computed": self.pairs_computed,
             "matrix_seconds": self.matrix_seconds,
@@ -292,7 +293,12 @@ class StudyResult:
                 for k in ks
             ]
             lines.append(f"| {row.compressor} | " + " | ".join(cells) + " |")
-        return lines
+        notes = [
+            f"- **Hub, {row.compressor}:** {row.report.hub_note}."
+            for row in self.rows
+            if row.report.hub_note is not None
+        ]
+        return [*lines, "", *notes] if notes else lines
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import nncd_ray.evaluate as evaluate_module
 from nncd_ray.cli import knn as knn_cli
 from nncd_ray.errors import ConfigError, IncompleteMatrix, InputError, StoreError, StoreNotFound
 from nncd_ray.evaluate import EvaluationConfig, evaluate_store
-from nncd_ray.knn import knn_classify
+from nncd_ray.knn import Hubness, knn_classify
 from nncd_ray.ncd import ncd_matrix
 
 KS = (1, 3, 5)
@@ -400,7 +401,9 @@ def test_cli_writes_everything(
         ]
     )
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert captured.err == ""  # no reference is nearest to 10 of the 23 queries: no hub note
     assert printed == (tmp_path / "r.md").read_text()
     assert "| k | accuracy | 95% interval | macro-F1 | correct |" in printed
     assert json.loads((tmp_path / "r.json").read_text())["block_rows"] == 7
@@ -472,7 +475,9 @@ def test_mutual_proximity_leave_one_out(tmp_path: Path) -> None:
     assert {k: list(v) for k, v in report.predictions.items()} == expected
 
 
-def test_mutual_proximity_takes_the_hub_apart(tmp_path: Path) -> None:
+def test_mutual_proximity_takes_the_hub_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Reference 0 sits a little closer to every query than the query's own class does: plain
     k-NN sends every query to it; mutual proximity discounts it and finds the classes again."""
     rng = np.random.default_rng(11)
@@ -500,6 +505,31 @@ def test_mutual_proximity_takes_the_hub_apart(tmp_path: Path) -> None:
     assert reduced.hubness[0].max_count <= n_rows // 4
     assert reduced.hubness[0].skewness < plain.hubness[0].skewness
     assert reduced.result(1).accuracy >= 0.75
+    # the plain report names the hub and the remedy; the reduced one has nothing to say
+    note = plain.hub_note
+    assert note is not None and "column 0" in note and f"40 of {n_rows} queries" in note
+    assert "--hubness-reduction mp" in note and reduced.hub_note is None
+    assert plain.to_dict()["hub_note"] == note and f"**Hub:** {note}." in plain.to_markdown()
+    assert knn_command(["--store", store, "--k", "1"]) == 0
+    assert f"nncd knn: note: {note}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("n_queries", "top_count", "noted"),
+    [(100, 10, True), (100, 9, False), (200, 20, True), (200, 19, False), (40, 9, False)],
+)
+def test_hub_note_threshold(
+    rectangular: dict[str, Any], n_queries: int, top_count: int, noted: bool
+) -> None:
+    """A note when one reference is nearest to at least 10% of the queries and at least 10."""
+    report = evaluate_store(EvaluationConfig(store=rectangular["store"], ks=(1,)))
+    counts = [top_count] + [1] * (n_queries - top_count) + [0] * 3
+    hubs = Hubness.from_counts(counts, k=1, n_queries=n_queries)
+    changed = dataclasses.replace(report, hubness=(hubs,), reference_ids=("hub-id",))
+    assert (changed.hub_note is not None) == noted
+    if noted:
+        assert changed.hub_note is not None and "'hub-id'" in changed.hub_note
+    assert dataclasses.replace(changed, hubness_reduction="mp").hub_note is None
 
 
 def test_unknown_hubness_reduction(rectangular: dict[str, Any]) -> None:

@@ -121,6 +121,10 @@ def test_agnews_small_reproduces_the_protocol_and_resumes(tmp_path: Path) -> Non
         low, high = rows[0]["accuracy_95ci"][k]
         assert low < rows[0]["accuracy"][k] < high
     assert "exact McNemar" in markdown
+    # gzip has no reference nearest to a tenth of the queries (at most 12 of 200); bz2 has one
+    assert rows[0]["hub_note"] is None and "**Hub, gzip" not in markdown
+    assert "33 of 200 queries" in rows[1]["hub_note"]
+    assert f"- **Hub, bz2:** {rows[1]['hub_note']}." in markdown
 
     # the same command again: nothing left to compute, the same table
     again = run_study(config)

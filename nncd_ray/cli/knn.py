@@ -10,6 +10,7 @@ a square store) and prints accuracy, macro-F1, bits per byte and confusion matri
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from nncd_ray.cli.common import parse_options
@@ -105,4 +106,6 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         report.write_markdown(args.markdown)
     print(report.to_markdown(), end="")
+    if report.hub_note is not None:
+        print(f"nncd knn: note: {report.hub_note}", file=sys.stderr)
     return 0
