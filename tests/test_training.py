@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -170,6 +171,30 @@ def test_training_is_deterministic_and_resumable(books_dir: Path, tmp_path: Path
     assert np.isfinite(document_bits(loaded, ["Hello there.", "A café"])).all()
 
 
+def test_compiled_training_is_deterministic_and_close_to_eager(
+    books_dir: Path, tmp_path: Path
+) -> None:
+    """``compile=True``: the same weights run to run (2 threads: a compiled backward would sum
+    the embedding gradient with parallel atomic adds in a varying order), the same losses as an
+    uncompiled run up to bf16 rounding, and a model that loads (with SDPA) like any other."""
+    eager = train_language_model(_config(books_dir, tmp_path / "eager", threads=2))
+    first = train_language_model(_config(books_dir, tmp_path / "a", compile=True, threads=2))
+    second = train_language_model(_config(books_dir, tmp_path / "b", compile=True, threads=2))
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after training
+    weights = (first.out_dir / "model.safetensors").read_bytes()
+    assert weights == (second.out_dir / "model.safetensors").read_bytes()
+
+    def losses(result: Any) -> list[float]:
+        lines = (result.out_dir / "train_log.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss_nats"] for line in lines]
+
+    assert losses(first) == pytest.approx(losses(eager), rel=2e-2)
+    config = json.loads((first.out_dir / "training.json").read_text())["config"]
+    assert config["compile"] is True
+    loaded = load_causal_lm(str(first.out_dir), device=CPU, dtype=torch.float32)
+    assert np.isfinite(document_bits(loaded, ["Hello there.", "A café"])).all()
+
+
 def test_copy_circuit_seed_and_embedding_learning_rate(books_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
@@ -292,3 +317,26 @@ def test_noise_spans_train_and_are_recorded(books_dir: Path, tmp_path: Path) -> 
     assert meta["config"]["mix"]["noise_prob"] == 1.0
     log = (result.out_dir / "train_log.jsonl").read_text().splitlines()
     assert all(math.isfinite(json.loads(line)["bpb"]) for line in log)
+
+
+def test_train_speed_bench_times_both_runs(books_dir: Path, tmp_path: Path) -> None:
+    """``python -m nncd_ray.bench.train_speed``'s measurement on a tiny shape: both runs timed
+    after ``skip``, the ratio of their rates, nothing left behind; bad arguments exit 2."""
+    from nncd_ray.bench import train_speed
+
+    base = replace(train_speed.recipe_config(books_dir, steps=6, skip=2, threads=1), shape=TINY)
+    base = replace(base, vocab_size=320, batch_size=2, copy_circuit=False, lock_circuit=False)
+    base = replace(base, early_steps=0)
+    report = train_speed.measure(base, skip=2)
+    eager, compiled = report["runs"]
+    assert (eager["compile"], compiled["compile"]) == (False, True)
+    assert report["speedup"] == pytest.approx(
+        eager["seconds_per_step"] / compiled["seconds_per_step"]
+    )
+    for run in (eager, compiled):
+        assert run["seconds_per_step"] > 0 and run["fraction_of_matmul_rate"] > 0
+        assert run["tokens_per_second"] == pytest.approx(2 * 64 / run["seconds_per_step"])
+    assert report["tokens_per_step"] == 2 * 64 and report["matmul"]["dtype"] == "bfloat16"
+    assert train_speed.main(["--data-dir", str(books_dir), "--steps", "5", "--skip", "5"]) == 2
+    missing = str(tmp_path / "no-books")
+    assert train_speed.main(["--data-dir", missing, "--steps", "5", "--skip", "2"]) == 2

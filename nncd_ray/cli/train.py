@@ -145,6 +145,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-bf16", action="store_true", help="fp32 matmuls instead of bf16 autocast"
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the forward pass and loss: about 1.5x the steps per second on CPU "
+        "after 10-25 s of compiling; deterministic, but not bit-identical to an uncompiled run",
+    )
+    parser.add_argument(
         "--storage-dtype", choices=("fp32", "fp16", "bf16"), default=base.storage_dtype
     )
     parser.add_argument("--log-every", type=int, default=base.log_every)
@@ -219,6 +225,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_books=args.max_books,
         threads=args.threads,
         bf16_autocast=not args.no_bf16,
+        compile=args.compile,
         storage_dtype=args.storage_dtype,
         log_every=args.log_every,
         progress=not args.no_progress,
