@@ -222,6 +222,14 @@ def build_model(
     return LlamaForCausalLM(config)
 
 
+def compiler_available() -> bool:
+    """Whether torch.compile's CPU backend (inductor, C++ code) finds a compiler to build with."""
+    import shutil
+
+    candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    return any(name and shutil.which(name) for name in candidates)
+
+
 @contextmanager
 def _deterministic_algorithms(enabled: bool) -> Iterator[None]:
     """``torch.use_deterministic_algorithms(True)`` inside, the previous setting restored after.
@@ -432,6 +440,8 @@ def train_language_model(config: TrainConfig) -> TrainResult:
             f"early_steps + ramp_steps = {config.early_steps + config.ramp_steps} runs into the "
             f"decay, which starts at step {decay_start}"
         )
+    if config.compile and not compiler_available():
+        raise ConfigError("--compile needs a C++ compiler (g++, c++ or clang++, or $CXX) on PATH")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     out = Path(config.out_dir)

@@ -22,6 +22,7 @@ from nncd_ray.models import embedded_model_dir, load_causal_lm
 from nncd_ray.training import (
     ModelShape,
     TrainConfig,
+    compiler_available,
     embedding_lr_scale,
     learning_rate,
     load_books,
@@ -171,6 +172,12 @@ def test_training_is_deterministic_and_resumable(books_dir: Path, tmp_path: Path
     assert np.isfinite(document_bits(loaded, ["Hello there.", "A café"])).all()
 
 
+needs_compiler = pytest.mark.skipif(
+    not compiler_available(), reason="torch.compile on CPU needs a C++ compiler on PATH"
+)
+
+
+@needs_compiler
 def test_compiled_training_is_deterministic_and_close_to_eager(
     books_dir: Path, tmp_path: Path
 ) -> None:
@@ -319,6 +326,7 @@ def test_noise_spans_train_and_are_recorded(books_dir: Path, tmp_path: Path) -> 
     assert all(math.isfinite(json.loads(line)["bpb"]) for line in log)
 
 
+@needs_compiler
 def test_train_speed_bench_times_both_runs(books_dir: Path, tmp_path: Path) -> None:
     """``python -m nncd_ray.bench.train_speed``'s measurement on a tiny shape: both runs timed
     after ``skip``, the ratio of their rates, nothing left behind; bad arguments exit 2."""
@@ -340,3 +348,12 @@ def test_train_speed_bench_times_both_runs(books_dir: Path, tmp_path: Path) -> N
     assert train_speed.main(["--data-dir", str(books_dir), "--steps", "5", "--skip", "5"]) == 2
     missing = str(tmp_path / "no-books")
     assert train_speed.main(["--data-dir", missing, "--steps", "5", "--skip", "2"]) == 2
+
+
+def test_compile_without_a_compiler_is_a_clear_error(
+    books_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to run here
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
+        train_language_model(_config(books_dir, tmp_path / "m", compile=True))
