@@ -232,11 +232,14 @@ def compiler_available() -> bool:
 
 @contextmanager
 def _deterministic_algorithms(enabled: bool) -> Iterator[None]:
-    """``torch.use_deterministic_algorithms(True)`` inside, the previous setting restored after.
+    """``torch.use_deterministic_algorithms(True)`` and inductor's ``deterministic`` mode inside,
+    the previous settings restored after.
 
     A compiled backward otherwise sums the embedding's gradient with parallel atomic adds, whose
-    order (and so rounding) changes from call to call; eager CPU kernels need no help."""
+    order (and so rounding) changes from call to call, and inductor may choose kernels by timing
+    them; eager CPU kernels need no help. The training loop compiles on its first step, inside."""
     import torch
+    import torch._inductor.config as inductor_config
 
     if not enabled:
         yield
@@ -244,7 +247,8 @@ def _deterministic_algorithms(enabled: bool) -> Iterator[None]:
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        yield
+        with inductor_config.patch(deterministic=True):
+            yield
     finally:
         torch.use_deterministic_algorithms(previous)
 
@@ -268,12 +272,7 @@ def _loss_function(
 
     if not config.compile:
         return batch_loss
-    import torch._inductor.config as inductor_config
-
-    # no kernel choices by timing (epilogue fusion benchmarks, autotuning): the same kernels in
-    # every process; with deterministic algorithms on while compiling and training
-    # (_deterministic_algorithms), no atomic scatter-adds in the backward either
-    inductor_config.deterministic = True
+    # deterministic only when called inside _deterministic_algorithms(True), as the loop does
     compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.compile(
         batch_loss, dynamic=False
     )
