@@ -87,6 +87,9 @@ class TrainConfig:
     warmup_steps: int = 30
     decay_fraction: float = 0.25  # last fraction of the steps decays linearly (WSD schedule)
     weight_decay: float = 0.1  # on 2-D weight matrices only
+    # dropout on the output of every attention and MLP block before it joins the residual stream,
+    # while training only (forward hooks; the saved model is a plain Llama without dropout)
+    dropout: float = 0.0
     embedding_lr_scale: float = 1.0  # the (tied) embedding learns at this x the schedule's rate
     # An optional early phase that keeps a seeded copy circuit alive while the loss comes to rely
     # on it: the first ``early_steps`` run at ``early_lr`` with the embedding at
@@ -114,7 +117,8 @@ class TrainConfig:
     resume: bool = False  # continue from out_dir/checkpoint.pt (bit-identical to a fresh run)
     progress: bool = True  # tqdm bar
     max_books: int | None = None  # first N books only; the rest stay unseen (bench.unseen_books)
-    max_train_bytes_per_book: int | None = None  # truncate each training part (tests)
+    # first N characters of each training part only (tests; probes of many passes over less text)
+    max_train_bytes_per_book: int | None = None
 
 
 def split_book(data: bytes, holdout_fraction: float) -> tuple[int, str, str]:
@@ -220,6 +224,29 @@ def build_model(
     }
     config = LlamaConfig(**settings)
     return LlamaForCausalLM(config)
+
+
+def add_residual_dropout(model: LlamaForCausalLM, p: float) -> list[Any]:
+    """Dropout with probability ``p`` on the output of every decoder layer's attention and MLP
+    block, in training mode only, as forward hooks (Llama has no residual dropout of its own);
+    the state dict, and so the saved model, is unchanged. Returns the hook handles."""
+    import torch
+
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), not {p}")
+    if p == 0.0:
+        return []
+
+    def drop(module: torch.nn.Module, _args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):  # attention: (hidden states, attention weights)
+            return (torch.nn.functional.dropout(output[0], p, module.training), *output[1:])
+        return torch.nn.functional.dropout(output, p, module.training)
+
+    handles = []
+    for layer in model.model.layers:
+        handles.append(layer.self_attn.register_forward_hook(drop))
+        handles.append(layer.mlp.register_forward_hook(drop))
+    return handles
 
 
 def compiler_available() -> bool:
@@ -425,6 +452,8 @@ def train_language_model(config: TrainConfig) -> TrainResult:
 
     if config.steps < 1 or config.batch_size < 1:
         raise ConfigError("steps and batch_size must be positive")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), not {config.dropout}")
     if config.max_books is not None and config.max_books < 1:
         raise ConfigError(f"max_books must be at least 1, not {config.max_books}")
     if config.embedding_lr_scale < 0 or config.early_embedding_lr_scale < 0:
@@ -454,6 +483,7 @@ def train_language_model(config: TrainConfig) -> TrainResult:
     model = build_model(config.shape, tokenizer, attention="eager" if config.compile else "sdpa")
     if config.copy_circuit:
         seed_copy_circuit(model)
+    add_residual_dropout(model, config.dropout)
     model.train()
     optimizer = _optimizer(model, config)
     context = config.shape.context_tokens
@@ -592,6 +622,7 @@ def save_checkpoint(
         "learning_rates": [learning_rate(s, config) for s in range(step)],
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),  # dropout's masks continue where they were
     }
     partial = path.with_suffix(".partial")
     torch.save(state, partial)
@@ -627,6 +658,8 @@ def load_checkpoint(
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if "torch_rng" in state:
+        torch.set_rng_state(state["torch_rng"])
     return step, float(state["elapsed_s"])
 
 

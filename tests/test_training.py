@@ -357,3 +357,53 @@ def test_compile_without_a_compiler_is_a_clear_error(
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
         train_language_model(_config(books_dir, tmp_path / "m", compile=True))
+
+
+def test_residual_dropout_trains_only_and_leaves_the_saved_model_plain(
+    books_dir: Path, tmp_path: Path
+) -> None:
+    """``--dropout``: hooks drop block outputs in training mode only (eval mode gives exactly the
+    hook-free model's logits), the saved state dict has the plain Llama keys, bad values are a
+    ConfigError, and a run resumed from a checkpoint draws the same masks as a fresh one."""
+    import argparse
+
+    from nncd_ray.cli.train import add_arguments, config_from_args
+    from nncd_ray.training import add_residual_dropout, build_model, prepare_data
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    parsed = config_from_args(
+        parser.parse_args(["--out", "m", "--dropout", "0.1", "--max-train-bytes-per-book", "900"])
+    )
+    assert (parsed.dropout, parsed.max_train_bytes_per_book) == (0.1, 900)
+    assert config_from_args(parser.parse_args(["--out", "m"])).dropout == 0.0
+
+    _, tokenizer, _ = prepare_data(_config(books_dir, tmp_path / "prep"))
+    torch.manual_seed(0)
+    model = build_model(TINY, tokenizer)
+    keys = sorted(model.state_dict())
+    ids = torch.arange(3, 40).reshape(1, -1)
+    with torch.no_grad():
+        model.eval()
+        plain = model(input_ids=ids).logits
+        handles = add_residual_dropout(model, 0.5)
+        assert len(handles) == 2 * TINY.num_layers
+        assert torch.equal(model(input_ids=ids).logits, plain)
+        model.train()
+        assert not torch.allclose(model(input_ids=ids).logits, plain)
+    assert sorted(model.state_dict()) == keys
+    with pytest.raises(ConfigError, match="dropout"):
+        add_residual_dropout(model, 1.0)
+    with pytest.raises(ConfigError, match="dropout"):
+        train_language_model(_config(books_dir, tmp_path / "bad", dropout=-0.1))
+
+    fresh = train_language_model(_config(books_dir, tmp_path / "fresh", dropout=0.2))
+    plain_run = train_language_model(_config(books_dir, tmp_path / "plain"))
+    weights = (fresh.out_dir / "model.safetensors").read_bytes()
+    assert weights != (plain_run.out_dir / "model.safetensors").read_bytes()
+    resumed = tmp_path / "resumed"
+    train_language_model(_config(books_dir, resumed, dropout=0.2, steps=5, checkpoint_every=3))
+    train_language_model(_config(books_dir, resumed, dropout=0.2, resume=True))
+    assert (resumed / "model.safetensors").read_bytes() == weights
+    loaded = load_causal_lm(str(fresh.out_dir), device=CPU, dtype=torch.float32)
+    assert np.isfinite(document_bits(loaded, ["Hello there.", "A café"])).all()

@@ -133,6 +133,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="last fraction of the steps with linearly decaying learning rate",
     )
     parser.add_argument("--weight-decay", type=float, default=base.weight_decay)
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=base.dropout,
+        help="residual dropout on every attention and MLP output while training (0: none); "
+        "the saved model is a plain Llama, without dropout",
+    )
+    parser.add_argument(
+        "--max-train-bytes-per-book",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on at most the first N characters of each book's training part (probes)",
+    )
     parser.add_argument("--seed", type=int, default=base.seed)
     parser.add_argument(
         "--holdout-fraction",
@@ -220,6 +234,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         min_lr_ratio=args.min_lr_ratio,
         decay_fraction=args.decay_fraction,
         weight_decay=args.weight_decay,
+        dropout=args.dropout,
+        max_train_bytes_per_book=args.max_train_bytes_per_book,
         seed=args.seed,
         holdout_fraction=args.holdout_fraction,
         max_books=args.max_books,
