@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -644,7 +644,13 @@ def load_checkpoint(
     state = torch.load(path, map_location="cpu", weights_only=False)
     mine = _jsonable(asdict(config))
     theirs = state["config"]
-    changed = sorted(k for k in mine if mine[k] != theirs.get(k) and k not in _RESUMABLE_CHANGES)
+    # a setting added after the checkpoint was written counts as its default then
+    defaults = {
+        f.name: _jsonable(f.default) for f in fields(TrainConfig) if f.default is not MISSING
+    }
+    changed = sorted(
+        k for k in mine if mine[k] != theirs.get(k, defaults.get(k)) and k not in _RESUMABLE_CHANGES
+    )
     if changed:
         raise ConfigError(f"checkpoint {path} was made with other settings: {', '.join(changed)}")
     step = int(state["step"])

@@ -405,5 +405,16 @@ def test_residual_dropout_trains_only_and_leaves_the_saved_model_plain(
     train_language_model(_config(books_dir, resumed, dropout=0.2, steps=5, checkpoint_every=3))
     train_language_model(_config(books_dir, resumed, dropout=0.2, resume=True))
     assert (resumed / "model.safetensors").read_bytes() == weights
+    # a checkpoint written before --dropout existed resumes as dropout 0 (the default then)
+    older = tmp_path / "older"
+    train_language_model(_config(books_dir, older, steps=5, checkpoint_every=3))
+    state = torch.load(older / "checkpoint.pt", weights_only=False)
+    del state["config"]["dropout"]
+    torch.save(state, older / "checkpoint.pt")
+    train_language_model(_config(books_dir, older, resume=True))
+    plain_weights = (plain_run.out_dir / "model.safetensors").read_bytes()
+    assert (older / "model.safetensors").read_bytes() == plain_weights
+    with pytest.raises(ConfigError, match="other settings: dropout"):
+        train_language_model(_config(books_dir, older, resume=True, dropout=0.2))
     loaded = load_causal_lm(str(fresh.out_dir), device=CPU, dtype=torch.float32)
     assert np.isfinite(document_bits(loaded, ["Hello there.", "A café"])).all()
