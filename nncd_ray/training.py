@@ -226,14 +226,18 @@ def build_model(
     return LlamaForCausalLM(config)
 
 
+def _check_dropout(p: float) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), not {p}")
+
+
 def add_residual_dropout(model: LlamaForCausalLM, p: float) -> list[Any]:
     """Dropout with probability ``p`` on the output of every decoder layer's attention and MLP
     block, in training mode only, as forward hooks (Llama has no residual dropout of its own);
     the state dict, and so the saved model, is unchanged. Returns the hook handles."""
     import torch
 
-    if not 0.0 <= p < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1), not {p}")
+    _check_dropout(p)
     if p == 0.0:
         return []
 
@@ -452,8 +456,7 @@ def train_language_model(config: TrainConfig) -> TrainResult:
 
     if config.steps < 1 or config.batch_size < 1:
         raise ConfigError("steps and batch_size must be positive")
-    if not 0.0 <= config.dropout < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1), not {config.dropout}")
+    _check_dropout(config.dropout)  # before the data is read, not when the model is built
     if config.max_books is not None and config.max_books < 1:
         raise ConfigError(f"max_books must be at least 1, not {config.max_books}")
     if config.embedding_lr_scale < 0 or config.early_embedding_lr_scale < 0:

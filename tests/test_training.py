@@ -400,7 +400,8 @@ def test_residual_dropout_trains_only_and_leaves_the_saved_model_plain(
     fresh = train_language_model(_config(books_dir, tmp_path / "fresh", dropout=0.2))
     plain_run = train_language_model(_config(books_dir, tmp_path / "plain"))
     weights = (fresh.out_dir / "model.safetensors").read_bytes()
-    assert weights != (plain_run.out_dir / "model.safetensors").read_bytes()
+    plain_weights = (plain_run.out_dir / "model.safetensors").read_bytes()
+    assert weights != plain_weights
     resumed = tmp_path / "resumed"
     train_language_model(_config(books_dir, resumed, dropout=0.2, steps=5, checkpoint_every=3))
     train_language_model(_config(books_dir, resumed, dropout=0.2, resume=True))
@@ -412,7 +413,6 @@ def test_residual_dropout_trains_only_and_leaves_the_saved_model_plain(
     del state["config"]["dropout"]
     torch.save(state, older / "checkpoint.pt")
     train_language_model(_config(books_dir, older, resume=True))
-    plain_weights = (plain_run.out_dir / "model.safetensors").read_bytes()
     assert (older / "model.safetensors").read_bytes() == plain_weights
     with pytest.raises(ConfigError, match="other settings: dropout"):
         train_language_model(_config(books_dir, older, resume=True, dropout=0.2))
