@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from nncd_ray.bench.machine import machine_info, peak_rss_bytes
+from nncd_ray.cli.train import DEFAULT_DATA
 from nncd_ray.codec import CodecConfig, LMCodec
 from nncd_ray.errors import ConfigError, InputError
 from nncd_ray.models import LoadedModel, embedded_model_dir, load_causal_lm
 
-DEFAULT_GUTENBERG = Path(__file__).resolve().parents[3] / "shared" / "data" / "gutenberg"
 HELD_OUT_FRACTION = 0.05
 
 
@@ -77,7 +77,7 @@ def choose_model(model: str | None, workdir: Path) -> tuple[str | None, str]:
         return None, "embedded model"
     from nncd_ray.tiny_models import build_tiny_model, read_text_lines
 
-    books = sorted(DEFAULT_GUTENBERG.glob("*.txt"))
+    books = sorted(DEFAULT_DATA.glob("*.txt"))
     path = build_tiny_model(
         workdir / "gpt2-random",
         arch="gpt2",
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", default=None, help="model (default: embedded, else tiny)")
-    parser.add_argument("--gutenberg", default=str(DEFAULT_GUTENBERG), help="folder of books")
+    parser.add_argument("--gutenberg", default=str(DEFAULT_DATA), help="folder of books")
     parser.add_argument(
         "--books", nargs="+", default=["pg1342"], help="book names (pg1342 …) or 'all'"
     )

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from nncd_ray.bench.machine import machine_info, matmul_rate
+from nncd_ray.cli.train import DEFAULT_DATA
 from nncd_ray.errors import ConfigError, NNCDError
 from nncd_ray.training import TrainConfig, train_language_model
 from nncd_ray.training_docs import DocumentMix
-
-DEFAULT_GUTENBERG = Path(__file__).resolve().parents[3] / "shared" / "data" / "gutenberg"
 
 
 def _timed_run(config: TrainConfig, skip: int) -> dict[str, Any]:
@@ -106,9 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--data-dir", default=str(DEFAULT_GUTENBERG), help="folder of books (*.txt)"
-    )
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="folder of books (*.txt)")
     parser.add_argument("--steps", type=int, default=80, help="optimizer steps per run (80)")
     parser.add_argument(
         "--skip", type=int, default=20, help="steps left out of the timing (compilation; 20)"
