@@ -13,8 +13,7 @@ import torch
 from nncd_ray.errors import ConfigError, DocumentTooLong, InputError, ModelNotFound
 from nncd_ray.scorers import make_scorer
 from nncd_ray.scorers.lm import LMScorer
-from nncd_ray.scorers.lm_batches import pad_batch, token_batches
-from nncd_ray.scorers.lm_cache import expanded_cache
+from nncd_ray.scorers.lm.plan import batch_order
 
 ROWS = [
     "Stocks fell sharply on Wall Street.",
@@ -185,6 +184,8 @@ def test_bad_options(model_dir: Path, tmp_path: Path) -> None:
         LMScorer(str(model_dir), device="cpu", truncation="drop")
     with pytest.raises(ConfigError, match="token_budget"):
         LMScorer(str(model_dir), device="cpu", token_budget=0)
+    with pytest.raises(ConfigError, match="token_budget"):
+        LMScorer(str(model_dir), device="cpu", token_budget="big")
     with pytest.raises(ConfigError, match="max_doc_tokens"):
         LMScorer(str(model_dir), device="cpu", max_doc_tokens=10_000)
 
@@ -201,69 +202,32 @@ def test_bf16_weights_float32_logsoftmax(model_dir: Path, cached: LMScorer) -> N
     np.testing.assert_allclose(low.row_bits, high.row_bits, rtol=0.05)
 
 
-def test_token_batches_respect_budget() -> None:
-    lengths = [5, 1, 9, 3, 3, 7, 2, 30]
-    batches = token_batches(lengths, 12)
-    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+def test_batch_order_respects_budget() -> None:
+    lengths = np.array([5, 1, 9, 3, 3, 7, 2, 30])
+    batches = batch_order(lengths, None, 12)
+    assert sorted(int(i) for batch in batches for i in batch) == list(range(len(lengths)))
     for batch in batches:
-        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 12
-    flat = [lengths[i] for batch in batches for i in batch]
+        assert len(batch) == 1 or len(batch) * lengths[batch].max() <= 12
+    flat = [int(lengths[i]) for batch in batches for i in batch]
     assert flat == sorted(flat)
-    assert [30] in [[lengths[i] for i in batch] for batch in batches]  # too long: alone
+    assert [30] in [lengths[batch].tolist() for batch in batches]  # too long: alone
 
 
-def test_pad_batch_targets() -> None:
-    batch = pad_batch([[5, 6, 7], [8]], pad_id=0, final_targets=[9, 10])
-    assert batch.input_ids.tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch.targets.tolist() == [6, 7, 9, 10]
-    assert batch.is_last.tolist() == [False, False, True, True]
-    assert batch.row_of_kept.tolist() == [0, 0, 0, 1]
-    assert (batch.real_tokens, batch.padded_tokens) == (4, 6)
-    with pytest.raises(ValueError):
-        pad_batch([[1], []], pad_id=0, final_targets=None)
+def test_batch_order_counts_prefixes() -> None:
+    widths = np.array([4, 4, 4, 4])
+    # 4 items of width 4 fit a budget of 16 alone, but not with 64-token prefixes at 1/8 weight
+    assert len(batch_order(widths, None, 16, pass_overhead=0)) == 1
+    with_prefix = batch_order(widths, np.full(4, 64), 16, pass_overhead=0)
+    assert all(len(b) * (4 + 64 / 8) <= 16 or len(b) == 1 for b in with_prefix)
+    assert len(with_prefix) == 4
 
-
-def test_expanded_cache_is_a_view(cached: LMScorer) -> None:
-    layers = cached.model.config.num_hidden_layers
-    prefix = [(torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)) for _ in range(layers)]
-    cache = expanded_cache(cached.model.config, prefix, 3, zero_copy=True)
-    for layer, (keys, values) in zip(cache.layers, prefix, strict=True):
-        assert layer.keys.shape == (3, 2, 5, 4)
-        assert layer.keys.data_ptr() == keys.data_ptr()
-        assert layer.values.data_ptr() == values.data_ptr()
-    assert cache.get_seq_length() == 5
-
-
-def test_prefix_layer_appends_like_cat_and_keeps_prefix() -> None:
-    from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, DynamicLayer
-
-    from nncd_ray.scorers.lm_cache import PrefixLayer
-
-    prefix_keys, prefix_values = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
-    saved = prefix_keys.clone()
-    layer = PrefixLayer(prefix_keys.expand(3, -1, -1, -1), prefix_values.expand(3, -1, -1, -1))
-    new_keys, new_values = torch.randn(3, 2, 2, 4), torch.randn(3, 2, 2, 4)
-    keys, values = layer.update(new_keys, new_values)
-    assert torch.equal(keys, torch.cat([prefix_keys.expand(3, -1, -1, -1), new_keys], dim=-2))
-    assert torch.equal(values, torch.cat([prefix_values.expand(3, -1, -1, -1), new_values], -2))
-    assert layer.get_seq_length() == 7
-    assert torch.equal(prefix_keys, saved)
-    # defining the subclass must not replace transformers' own full-attention layer
-    assert DYNAMIC_LAYER_TYPE_MAPPING["full_attention"] is DynamicLayer
-
-
-def test_token_batches_minimise_padding() -> None:
-    lengths = [10] * 8 + [100] * 2
-    batches = token_batches(lengths, 1000, pass_overhead=1)
+def test_batch_order_minimises_padding() -> None:
+    lengths = np.array([10] * 8 + [100] * 2)
+    batches = batch_order(lengths, None, 1000, pass_overhead=0.001)
     # short and long items are not padded together although the budget would allow it
-    assert sorted(sorted(lengths[i] for i in batch) for batch in batches) == [
-        [10] * 8,
-        [100, 100],
-    ]
-    assert token_batches([], 100) == []
-    assert token_batches([5, 1, 9], 0) == [[1], [0], [2]]
-
+    assert sorted(sorted(lengths[b].tolist()) for b in batches) == [[10] * 8, [100, 100]]
+    assert batch_order(np.array([], dtype=np.int64), None, 100) == []
+    assert [b.tolist() for b in batch_order(np.array([5, 1, 9]), None, 0)] == [[1], [0], [2]]
 
 def test_cache_keyword_follows_the_installed_transformers(cached: LMScorer) -> None:
     """transformers 5.24 renamed forward's ``past_key_values`` to ``cache``; both spellings of

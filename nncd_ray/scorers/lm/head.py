@@ -1,0 +1,177 @@
+"""The model's output layer, swapped for one that scores only the positions a pass needs.
+
+A forward pass over ``batch × width`` tokens needs the next-token log-probability at a few known
+positions, not ``batch × width × vocab`` logits. :class:`ScoringHead` replaces the model's output
+embedding module (the same weight ``Parameter``, so tied weights stay tied): when the scorer has
+set a :class:`HeadRequest`, it gathers the requested hidden states by integer index (a boolean
+index would synchronise with the host), computes their logits in float32 and, when the model
+passes logits through unchanged ("fused"), turns them into −ln p in vocabulary-sized chunks
+right there, so no ``(positions, vocab)`` tensor outlives a chunk. Models that post-process
+logits (Gemma 2's soft-capping, a logit scale) get the float32 logits back instead, and the
+scorer takes −ln p after the model's own post-processing.
+
+Float32 logits from bf16/fp16 weights: the matmul of half-precision inputs accumulates in float32
+anyway, so asking for a float32 *output* (``torch.mm(..., out_dtype=torch.float32)`` on CUDA)
+removes the only rounding step at the same speed; elsewhere the head computes in float32. The
+rounding of bf16 logits (0.125 at magnitude 16-32) was what made code lengths move by up to a
+bit with batch composition.
+
+With no request set the head is the model's own layer, so calling the model directly still
+works (tests use it for reference code lengths).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# float32 logits per chunk (elements) when the head computes −ln p itself: bounds its memory
+LOGIT_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadRequest:
+    """What one pass asks of the head (all int64 tensors on the model's device).
+
+    ``positions`` (n,): flat indices into the pass's ``batch × width`` hidden states, each
+    predicting ``targets`` (n,). ``dist_positions`` (d,): positions whose −ln p of every token in
+    ``dist_targets`` (t,) is wanted (a prefix's last position against every column's first token).
+    """
+
+    positions: torch.Tensor
+    targets: torch.Tensor
+    dist_positions: torch.Tensor | None = None
+    dist_targets: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadResult:
+    """−ln p in nats, float32: ``nll`` (n,) for the requested positions, ``dist_nll`` (d, t)."""
+
+    nll: torch.Tensor
+    dist_nll: torch.Tensor | None
+
+
+def target_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """−ln p (float32) of ``targets`` (n,) under ``logits`` (n, vocab), in float32."""
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None]).squeeze(1)
+
+
+def tokens_nll(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``(n, t)`` −ln p (float32) of each of ``tokens`` (t,) under each row of ``logits``."""
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1)[:, None] - logits.index_select(1, tokens)
+
+
+class ScoringHead(torch.nn.Module):
+    """Stands in for the model's output layer; see the module docstring."""
+
+    def __init__(self, head: torch.nn.Linear, *, half_output_float: bool) -> None:
+        super().__init__()
+        self.head = head
+        # torch.mm(..., out_dtype=float32) exists for half inputs (CUDA only, recent torch)
+        self._half_output_float = half_output_float
+        self._float_weight: torch.Tensor | None = None
+        self.request: HeadRequest | None = None
+        # compute −ln p inside the head (only when the model passes logits through unchanged)
+        self.fused = False
+        self.result: HeadResult | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.head.bias
+
+    def float_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(n, hidden) -> (n, vocab)`` float32 logits, without rounding to a half type."""
+        weight = self.head.weight
+        if weight.dtype == torch.float32:
+            logits = F.linear(hidden.float(), weight)
+        elif self._half_output_float:
+            logits = torch.mm(hidden.to(weight.dtype), weight.t(), out_dtype=torch.float32)
+        else:
+            if self._float_weight is None:  # a one-off float32 copy (CPU, or older torch)
+                self._float_weight = weight.detach().float()
+            logits = F.linear(hidden.float(), self._float_weight)
+        if self.head.bias is not None:
+            logits = logits + self.head.bias.float()
+        return logits
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        request = self.request
+        if request is None:
+            return self.head(hidden)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        picked = flat.index_select(0, request.positions)
+        if request.dist_positions is not None:
+            picked = torch.cat([picked, flat.index_select(0, request.dist_positions)])
+        if not self.fused:
+            return self.float_logits(picked).unsqueeze(0)
+        self.result = self._fused_nll(picked, request)
+        # the model returns this as its "logits"; the scorer reads self.result instead
+        return picked.new_zeros(1, 1, 1)
+
+    def _fused_nll(self, picked: torch.Tensor, request: HeadRequest) -> HeadResult:
+        scored = request.positions.shape[0]
+        step = max(1, LOGIT_CHUNK_ELEMENTS // self.head.weight.shape[0])
+        nll = torch.empty(scored, dtype=torch.float32, device=picked.device)
+        for start in range(0, scored, step):
+            stop = min(start + step, scored)
+            nll[start:stop] = target_nll(
+                self.float_logits(picked[start:stop]), request.targets[start:stop]
+            )
+        dist_nll = None
+        if request.dist_targets is not None and picked.shape[0] > scored:
+            # a handful of rows (one per prefix), so one chunk
+            dist_nll = tokens_nll(self.float_logits(picked[scored:]), request.dist_targets)
+        return HeadResult(nll=nll, dist_nll=dist_nll)
+
+
+def half_output_float_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch.mm(a, b, out_dtype=torch.float32)`` works for half inputs here."""
+    if dtype == torch.float32:
+        return False
+    try:
+        a = torch.ones(2, 2, dtype=dtype, device=device)
+        out = torch.mm(a, a, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+    return bool(out.dtype == torch.float32)
+
+
+def install_scoring_head(model: Any) -> ScoringHead | None:
+    """Swap the model's output layer for a :class:`ScoringHead`; None when it is not a plain
+    ``nn.Linear`` child of the model (then the scorer takes full logits from the model)."""
+    head = model.get_output_embeddings()
+    if isinstance(head, ScoringHead):
+        return head
+    if not isinstance(head, torch.nn.Linear):
+        return None
+    for name, child in model.named_children():
+        if child is head:
+            parameter = next(model.parameters())
+            wrapper = ScoringHead(
+                head,
+                half_output_float=half_output_float_supported(parameter.device, head.weight.dtype),
+            )
+            setattr(model, name, wrapper)
+            return wrapper
+    return None
+
+
+__all__ = [
+    "LOGIT_CHUNK_ELEMENTS",
+    "HeadRequest",
+    "HeadResult",
+    "ScoringHead",
+    "install_scoring_head",
+    "target_nll",
+    "tokens_nll",
+]

@@ -1,0 +1,265 @@
+"""Running planned passes on the device, with nothing read back to the host until a tile ends.
+
+A :class:`PassRunner` turns a :class:`~nncd_ray.scorers.lm.plan.PassPlan` into one forward pass:
+its integer arrays travel in one pinned buffer with one non-blocking copy; masks, prefix gathers
+and the scoring indices are built on the device; −ln p goes into a float64 accumulator on the
+device with ``index_add_``. The only host synchronisation of a tile is reading the accumulator
+at its end (``tests/test_lm_gpu.py`` checks that with CUDA's sync debug mode).
+
+The :class:`PrefixStore` holds a group of row prefixes' keys/values, right-aligned (a prefix of
+length L occupies the last L slots), so that a continuation pass takes the last ``width`` slots
+of the rows it needs with one ``index_select`` per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from nncd_ray.scorers.lm.attention import (
+    AttentionLayout,
+    attention_masks,
+    capture_cache,
+    prefix_cache,
+)
+from nncd_ray.scorers.lm.head import HeadRequest, ScoringHead, target_nll, tokens_nll
+
+if TYPE_CHECKING:
+    from nncd_ray.scorers.lm.plan import PassPlan
+
+# logits rows per chunk when −ln p is taken from the model's own (post-processed) logits
+_UNFUSED_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass(kw_only=True)
+class PassCounters:
+    """Running totals since the scorer was built (per instance; for speed and FLOP reports)."""
+
+    # documents cut to max_doc_tokens (each time one is encoded)
+    documents_truncated: int = 0
+    # non-padding input tokens run through the model: FLOPs ≈ 2 × parameters × model_tokens
+    model_tokens: int = 0
+    # input tokens including padding (batch × width, summed over forward passes)
+    padded_tokens: int = 0
+    # cached prefix slots attended to by continuation passes (batch × prefix width, summed)
+    prefix_slots: int = 0
+    forward_passes: int = 0
+    # tiles restarted with half the token budget after running out of device memory
+    oom_backoffs: int = 0
+
+
+@dataclass(kw_only=True)
+class PrefixStore:
+    """Keys/values of ``rows`` prefixes per layer, ``(rows, kv_heads, width, head_dim)`` each,
+    right-aligned; ``lengths`` (rows,) int64 on the device."""
+
+    rows: int
+    width: int
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    def put(
+        self, cache: Any, batch_rows: torch.Tensor, store_rows: torch.Tensor, lengths: torch.Tensor
+    ) -> None:
+        """Copy batch rows ``batch_rows`` of a capture cache (left-aligned, ``lengths`` real
+        tokens each) into store rows ``store_rows``, right-aligned."""
+        shift = self.width - lengths  # slot t of the store holds source position t - shift
+        source = torch.arange(self.width, device=lengths.device)[None, :] - shift[:, None]
+        source = source.clamp(min=0)  # slots before the prefix copy position 0 (masked anyway)
+        for index, layer in enumerate(cache.layers):
+            for name, tensor in (("keys", layer.keys), ("values", layer.values)):
+                picked = tensor.index_select(0, batch_rows)
+                gather = source[:, None, :, None].expand(-1, picked.shape[1], -1, picked.shape[3])
+                aligned = picked.gather(2, gather)
+                target = getattr(self, name)
+                if len(target) <= index:
+                    target.append(aligned.new_empty(self.rows, *aligned.shape[1:]))
+                target[index].index_copy_(0, store_rows, aligned)
+
+    def gather(self, rows: torch.Tensor, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The last ``width`` slots of store rows ``rows``, per layer."""
+        return [
+            (
+                keys[:, :, self.width - width :].index_select(0, rows),
+                values[:, :, self.width - width :].index_select(0, rows),
+            )
+            for keys, values in zip(self.keys, self.values, strict=True)
+        ]
+
+
+class PassRunner:
+    """Runs pass plans of one model on one device (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        model: Any,
+        layout: AttentionLayout | None,
+        head: ScoringHead | None,
+        device: torch.device,
+        cache_argument: str,
+        counters: PassCounters,
+    ) -> None:
+        self.model = model
+        # None: the model builds its own masks from a 2D padding mask (the plain path)
+        self.layout = layout
+        self.head = head
+        self.device = device
+        self.cache_argument = cache_argument
+        self.counters = counters
+        self.layers = int(model.config.num_hidden_layers)
+        self.dtype = next(model.parameters()).dtype
+
+    def to_device(self, *arrays: np.ndarray) -> list[torch.Tensor]:
+        """int64 host arrays -> device tensors: one pinned buffer, one non-blocking copy."""
+        flat = [np.ascontiguousarray(a, dtype=np.int64).ravel() for a in arrays]
+        sizes = [a.size for a in flat]
+        packed = torch.from_numpy(np.concatenate(flat) if flat else np.zeros(0, np.int64))
+        if self.device.type == "cuda":
+            packed = packed.pin_memory().to(self.device, non_blocking=True)
+        parts = torch.split(packed, sizes)
+        return [part.view(array.shape) for part, array in zip(parts, arrays, strict=True)]
+
+    def run(
+        self,
+        plan: PassPlan,
+        accumulator: torch.Tensor,
+        *,
+        store: PrefixStore | None = None,
+        first_tokens: torch.Tensor | None = None,
+        pair_block: torch.Tensor | None = None,
+    ) -> None:
+        """Run one pass and add its −ln p (nats) into ``accumulator`` (float64, device).
+
+        ``store``: the prefix store that continuation passes read and document passes with
+        captures fill. ``first_tokens`` (columns,): each column's first token, scored at the
+        plan's ``dist_at`` positions into ``pair_block`` (prefix-store rows × columns view of
+        the accumulator).
+        """
+        (
+            input_ids,
+            positions,
+            lengths,
+            score_at,
+            score_targets,
+            score_into,
+            dist_at,
+            dist_rows,
+            capture_at,
+            capture_rows,
+            prefix_rows,
+            prefix_lengths,
+        ) = self.to_device(
+            plan.input_ids,
+            plan.positions,
+            plan.lengths,
+            plan.score_at,
+            plan.score_targets,
+            plan.score_into,
+            plan.dist_at,
+            plan.dist_rows,
+            plan.capture_at,
+            plan.capture_rows,
+            plan.prefix_rows if plan.prefix_rows is not None else np.zeros(0, np.int64),
+            plan.prefix_lengths if plan.prefix_lengths is not None else np.zeros(0, np.int64),
+        )
+        batch, width = plan.input_ids.shape
+        valid = torch.arange(width, device=self.device)[None, :] < lengths[:, None]
+        wants_dist = first_tokens is not None and plan.dist_at.size > 0
+        request = HeadRequest(
+            positions=score_at,
+            targets=score_targets,
+            dist_positions=dist_at if wants_dist else None,
+            dist_targets=first_tokens if wants_dist else None,
+        )
+        cache = None
+        if plan.prefix_rows is not None:
+            if store is None:
+                raise ValueError("a continuation pass needs the prefix store")
+            cache = prefix_cache(store.gather(prefix_rows, plan.prefix_width))
+        elif plan.capture_at.size:
+            cache = capture_cache(self.layers)
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "position_ids": positions,
+            "attention_mask": self._masks(plan, positions, valid, prefix_lengths),
+            "use_cache": cache is not None,
+        }
+        if cache is not None:
+            kwargs[self.cache_argument] = cache
+        nll, dist_nll = self._forward(kwargs, request)
+        accumulator.index_add_(0, score_into, nll.double())
+        if dist_nll is not None and pair_block is not None:
+            pair_block.index_add_(0, dist_rows, dist_nll.double())
+        if plan.capture_at.size and store is not None and cache is not None:
+            store.put(cache, capture_at, capture_rows, lengths.index_select(0, capture_at))
+        self.counters.forward_passes += 1
+        self.counters.model_tokens += plan.real_tokens
+        self.counters.padded_tokens += plan.padded_tokens
+        self.counters.prefix_slots += batch * plan.prefix_width
+
+    def _masks(
+        self,
+        plan: PassPlan,
+        positions: torch.Tensor,
+        valid: torch.Tensor,
+        prefix_lengths: torch.Tensor,
+    ) -> Any:
+        if self.layout is None:  # plain path: the model's own masks from a 2D padding mask
+            return valid.long()
+        keys, keys_valid = positions, valid
+        if plan.prefix_rows is not None:
+            width = plan.prefix_width
+            # right-aligned prefix: slot s holds position s - (width - length), real when >= 0
+            slots = torch.arange(width, device=self.device)[None, :]
+            prefix_positions = slots - (width - prefix_lengths)[:, None]
+            keys = torch.cat([prefix_positions, positions], dim=1)
+            keys_valid = torch.cat([prefix_positions >= 0, valid], dim=1)
+        return attention_masks(self.layout, positions, keys, keys_valid, self.dtype)
+
+    def _forward(
+        self, kwargs: dict[str, Any], request: HeadRequest
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        head = self.head
+        if head is None:  # no scoring head: full logits from the model, gathered after
+            logits = self.model(**kwargs).logits
+            flat = logits.reshape(-1, logits.shape[-1])
+            return _chunked_nll(flat, request, gather=True)
+        head.request, head.result = request, None
+        try:
+            output = self.model(**kwargs)
+            if head.fused:
+                if head.result is None:
+                    raise RuntimeError("the scoring head was not called by the model's forward")
+                return head.result.nll, head.result.dist_nll
+            return _chunked_nll(output.logits[0], request, gather=False)
+        finally:
+            head.request, head.result = None, None
+
+
+def _chunked_nll(
+    logits: torch.Tensor, request: HeadRequest, *, gather: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """−ln p from logits rows: the request's positions (``gather``: index the full ``(batch ×
+    width, vocab)`` logits; else the rows are already the picked positions, dist rows last)."""
+    scored = request.positions.shape[0]
+    step = max(1, _UNFUSED_CHUNK_ELEMENTS // logits.shape[-1])
+    parts = []
+    for start in range(0, scored, step):
+        stop = min(start + step, scored)
+        rows = (
+            logits.index_select(0, request.positions[start:stop]) if gather else logits[start:stop]
+        )
+        parts.append(target_nll(rows, request.targets[start:stop]))
+    nll = torch.cat(parts) if parts else logits.new_zeros(0, dtype=torch.float32)
+    dist_nll = None
+    if request.dist_positions is not None and request.dist_targets is not None:
+        rows = logits.index_select(0, request.dist_positions) if gather else logits[scored:]
+        dist_nll = tokens_nll(rows, request.dist_targets)
+    return nll, dist_nll
+
+
+__all__ = ["PassCounters", "PassRunner", "PrefixStore"]

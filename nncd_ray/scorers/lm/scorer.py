@@ -1,0 +1,498 @@
+"""A causal language model as a compressor: code lengths in bits from a Hugging Face causal LM.
+
+Contract (``shared/DESIGN.md`` §2, exact), with b = BOS (EOS where the model has none), e = EOS and
+``ids(s) = tokenizer(s, add_special_tokens=False).input_ids`` (truncated, see below):
+
+- ``C(x)  = Σ −log2 p`` over ``ids(x) + [e]`` given ``[b]``;
+- ``C(xy) = Σ −log2 p`` over ``ids(x) + [e] + ids(y) + [e]`` given ``[b]`` = ``C(x) + C(y | x)``.
+
+Log-probabilities come from float32 logits and a float32 log-softmax, whatever the weights' dtype.
+
+Paths (``path`` attribute; the README's model-family table says which models take which):
+
+- ``prefix-cached`` (default where the model allows): a tile's row documents ``[b] x [e]`` run in
+  batched passes that give C(x), each row's KV cache and the distribution of every column's
+  first token; then the columns of *many rows at once* run as continuations against their rows'
+  gathered prefixes. Each pair costs ``|ids(y)|`` tokens instead of ``|x| + |y|``;
+- ``naive``: ``[b] x [e] y [e]`` through the model for every pair, same batching and masks (for
+  benchmarks and cross-checks; ``prefix_cache=False``);
+- ``plain``: as naive, but with the model's own masks from a padding mask: for architectures
+  whose attention the fast path cannot express (linear or chunked attention, shared KV), or
+  whose fast path disagreed with the model at load time.
+
+Truncation (never silent): every document is cut to ``max_doc_tokens`` tokens, by default
+``(context - 3) // 2`` so that ``[b] x [e] y [e]`` fits the context; the policy and the limit are
+in the fingerprint, :meth:`scored_bytes` gives the bytes a code length covers, and
+``counters.documents_truncated`` counts the cuts. ``truncation="error"`` refuses long documents
+with :class:`~nncd_ray.errors.DocumentTooLong` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from nncd_ray.errors import ConfigError, DocumentTooLong, InputError
+from nncd_ray.scorers.base import BaseScorer, TileScores
+
+if TYPE_CHECKING:
+    import torch
+
+    from nncd_ray.models import LoadedModel
+    from nncd_ray.scorers.lm.passes import PassRunner
+
+log = logging.getLogger(__name__)
+
+TRUNCATION_POLICIES = ("truncate", "error")
+PATHS = ("prefix-cached", "naive", "plain")
+_LN2 = math.log(2.0)
+# tokenised documents kept per scorer (an actor sees the same columns in tile after tile)
+_IDS_CACHE_SIZE = 1 << 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Encoded:
+    ids: tuple[int, ...]
+    # UTF-8 bytes of the text the kept tokens cover (all of it unless truncated)
+    scored_bytes: int
+    truncated: bool
+
+
+class LMScorer(BaseScorer):
+    """Code lengths of documents and pairs under a causal LM (see the module docstring)."""
+
+    name = "lm"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_doc_tokens: int | None = None,
+        truncation: str = "truncate",
+        token_budget: int | str = "auto",
+        trust_remote_code: bool = False,
+        prefix_cache: bool = True,
+    ) -> None:
+        from nncd_ray.devices import resolve_device, resolve_dtype
+        from nncd_ray.models import load_causal_lm
+
+        if truncation not in TRUNCATION_POLICIES:
+            raise ConfigError(
+                f"unknown truncation policy {truncation!r}; choose one of: "
+                f"{', '.join(TRUNCATION_POLICIES)}"
+            )
+        if token_budget != "auto" and (
+            isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 1
+        ):
+            raise ConfigError(
+                f"token_budget must be a positive integer or 'auto', not {token_budget!r}"
+            )
+        torch_device = resolve_device(device)
+        self.loaded: LoadedModel = load_causal_lm(
+            model,
+            device=torch_device,
+            dtype=resolve_dtype(dtype, torch_device),
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+        longest = (self.loaded.context_tokens - 3) // 2
+        if longest < 1:
+            raise ConfigError(f"context of {self.loaded.context_tokens} tokens is too short")
+        if max_doc_tokens is None:
+            max_doc_tokens = longest
+        elif (
+            isinstance(max_doc_tokens, bool)
+            or not isinstance(max_doc_tokens, int)
+            or not 1 <= max_doc_tokens <= longest
+        ):
+            raise ConfigError(
+                f"max_doc_tokens must be an integer from 1 to {longest} (so that [b] x [e] y [e] "
+                f"fits the {self.loaded.context_tokens}-token context), not {max_doc_tokens!r}"
+            )
+        self.max_doc_tokens: int = max_doc_tokens
+        self.truncation = truncation
+        self.device = torch_device
+        self.model = self.loaded.model
+        self.tokenizer = self.loaded.tokenizer
+        self.parameters: int = self.loaded.parameters
+        self._bos, self._eos = self.loaded.bos_id, self.loaded.eos_id
+        # padding is never attended to by a real token; EOS is always inside the embedding table
+        self._pad = self._eos
+        self._ids_cache: OrderedDict[str, _Encoded] = OrderedDict()
+        self._build_runners(prefix_cache)
+        self.token_budget: int = (
+            self._auto_budget() if token_budget == "auto" else int(token_budget)
+        )
+
+    # ---------------------------------------------------------------- set-up
+
+    def _build_runners(self, prefix_cache: bool) -> None:
+        import torch
+
+        from nncd_ray.models import cache_argument
+        from nncd_ray.scorers.lm.attention import attention_layout
+        from nncd_ray.scorers.lm.head import install_scoring_head
+        from nncd_ray.scorers.lm.passes import PassCounters, PassRunner
+
+        self.counters = PassCounters()
+        self.head = install_scoring_head(self.model)
+        self.layout = attention_layout(self.model)
+        common: dict[str, Any] = {
+            "model": self.model,
+            "head": self.head,
+            "device": self.device,
+            "cache_argument": cache_argument(self.model),
+            "counters": self.counters,
+        }
+        self._plain: PassRunner = PassRunner(layout=None, **common)
+        self._masked: PassRunner | None = (
+            None if self.layout is None else PassRunner(layout=self.layout, **common)
+        )
+        with torch.inference_mode():
+            if self.head is not None:
+                self.head.fused = self._logits_pass_through()
+            if self._masked is None:
+                self.path = "plain"
+            elif not prefix_cache:
+                self.path = "naive"
+            else:
+                self.path = "prefix-cached"
+                if not self._fast_path_agrees():
+                    self.path = "plain"
+        self.counters.forward_passes = self.counters.model_tokens = 0
+        self.counters.padded_tokens = self.counters.prefix_slots = 0
+
+    def _auto_budget(self) -> int:
+        from nncd_ray.scorers.lm.budget import auto_token_budget
+
+        fused = self.head is not None and self.head.fused
+        return auto_token_budget(self.model, self.device, fused_head=fused)
+
+    def _logits_pass_through(self) -> bool:
+        """Whether the model returns its output layer's logits unchanged (then the head may
+        compute −ln p itself); Gemma 2's soft-capping or a logit scale are not."""
+        import torch
+
+        assert self.head is not None
+        probe = torch.randn(1, 2, int(self.model.config.vocab_size), device=self.device)
+
+        def fixed(hidden: torch.Tensor) -> torch.Tensor:
+            return probe
+
+        original = self.head.forward
+        self.head.forward = fixed  # type: ignore[method-assign]
+        try:
+            ids = torch.tensor([[self._bos, self._eos]], device=self.device)
+            logits = self.model(input_ids=ids, use_cache=False).logits
+        finally:
+            self.head.forward = original  # type: ignore[method-assign]
+        return bool(logits.shape == probe.shape and torch.equal(logits.float(), probe))
+
+    def _fast_path_agrees(self) -> bool:
+        """Score a small synthetic tile on the prefix-cached path and, one unpadded sequence at
+        a time, with the model's own masks; False (and a warning) when they disagree, so an
+        architecture the fast path gets wrong falls back to the plain path instead of giving
+        wrong code lengths. Documents are longer than a small sliding window, so windows count."""
+        window = self.layout.window if self.layout is not None else None
+        length = 24 if window is None or window > 200 else window + 8
+        length = min(length, self.max_doc_tokens)
+        vocab = int(self.model.config.vocab_size)
+        ids = [tuple(int((7 * i + 3 * k + 11) % vocab) for i in range(length - k)) for k in (0, 3)]
+        rows, cols = ids, [ids[1][:-2], ids[0][1:]]
+        budget = self.token_budget if hasattr(self, "token_budget") else 4096
+        fast = self._score(rows, cols, path="prefix-cached", budget=budget, want_cols=True)
+        slow = self._score(rows, cols, path="plain", budget=0, want_cols=True)
+        dtype = next(self.model.parameters()).dtype
+        tolerance = (
+            1e-3 if str(dtype) == "torch.float32" else 2e-2 * float(np.abs(slow.pair_bits).max())
+        )
+        error = max(
+            float(np.abs(fast.pair_bits - slow.pair_bits).max()),
+            float(np.abs(fast.row_bits - slow.row_bits).max()),
+        )
+        if error <= tolerance:
+            return True
+        log.warning(
+            "the prefix-cached path disagrees with the model's own forward pass by %.3g bits for "
+            "%s (%s); scoring every pair in full instead (slower, exact)",
+            error,
+            type(self.model).__name__,
+            self.layout.describe() if self.layout is not None else "no layout",
+        )
+        return False
+
+    # ---------------------------------------------------------------- public API
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What changes the numbers: weights, tokenizer, dtype, special tokens, truncation.
+        Device, token budget and path change them only by float rounding in float32."""
+        return {
+            "compressor": self.name,
+            **self.loaded.fingerprint,
+            "bos_id": self._bos,
+            "eos_id": self._eos,
+            "max_doc_tokens": self.max_doc_tokens,
+            "truncation": self.truncation,
+            "code": "C(x)=[b]x[e]; C(xy)=[b]x[e]y[e]; float32 log-softmax; bits",
+        }
+
+    def document_bits(self, texts: Sequence[str]) -> NDArray[np.float64]:
+        """C(x) of each text: ``(len(texts),) float64`` bits."""
+        return self._run_tile([], [e.ids for e in self._encode(texts)], want_cols=True).col_bits
+
+    def pair_bits(self, rows: Sequence[str], cols: Sequence[str]) -> NDArray[np.float64]:
+        """C(x y), x = row, y = column: ``(len(rows), len(cols)) float64`` bits."""
+        return self._tile(rows, cols, want_cols=False).pair_bits
+
+    def score_tile(self, rows: Sequence[str], cols: Sequence[str]) -> TileScores:
+        """Row and column C(·) and every pair's C(xy); ``work_units`` = model tokens used."""
+        return self._tile(rows, cols, want_cols=True)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """``ids(s)`` of each text after the truncation policy (token ids, no special tokens)."""
+        return [list(e.ids) for e in self._encode(texts)]
+
+    def scored_bytes(self, texts: Sequence[str]) -> NDArray[np.int64]:
+        """UTF-8 bytes of each text that its code length covers (fewer than the text's own when
+        it was truncated: the characters its kept tokens span)."""
+        return np.array([e.scored_bytes for e in self._encode(texts)], dtype=np.int64)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters plus the parameter count, path and token budget, JSON-able."""
+        return {
+            **asdict(self.counters),
+            "parameters": self.parameters,
+            "path": self.path,
+            "token_budget": self.token_budget,
+        }
+
+    # ---------------------------------------------------------------- encoding
+
+    def _encode(self, texts: Sequence[str]) -> list[_Encoded]:
+        if isinstance(texts, str):
+            raise InputError("expected a sequence of documents, got a single string")
+        for position, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"document number {position} is {type(text).__name__}, not text")
+            if not text:
+                raise InputError(f"document number {position} is empty; remove it or give it text")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(
+                    f"document number {position} cannot be encoded as UTF-8 ({exc.reason} at "
+                    f"character {exc.start})"
+                ) from exc
+        missing = list(dict.fromkeys(t for t in texts if t not in self._ids_cache))
+        if missing:
+            self._tokenize(missing)
+        out = []
+        for position, text in enumerate(texts):
+            encoded = self._ids_cache[text]
+            self._ids_cache.move_to_end(text)
+            if encoded.truncated:
+                if self.truncation == "error":
+                    preview = text[:40].replace("\n", " ")
+                    raise DocumentTooLong(
+                        f"document number {position} ({preview!r}...) has more than "
+                        f"max_doc_tokens={self.max_doc_tokens} tokens; shorten it, raise "
+                        f"max_doc_tokens, or use truncation='truncate'"
+                    )
+                self.counters.documents_truncated += 1
+            out.append(encoded)
+        while len(self._ids_cache) > _IDS_CACHE_SIZE:
+            self._ids_cache.popitem(last=False)
+        return out
+
+    def _tokenize(self, texts: list[str]) -> None:
+        # verbose=False: no warning about model_max_length, the policy here handles length
+        encoded = self.tokenizer(
+            texts, add_special_tokens=False, verbose=False, return_offsets_mapping=True
+        )
+        for text, ids, offsets in zip(
+            texts, encoded["input_ids"], encoded["offset_mapping"], strict=True
+        ):
+            full = len(text.encode("utf-8"))
+            if len(ids) <= self.max_doc_tokens:
+                self._ids_cache[text] = _Encoded(ids=tuple(ids), scored_bytes=full, truncated=False)
+                continue
+            kept = ids[: self.max_doc_tokens]
+            end = max(int(stop) for _, stop in offsets[: self.max_doc_tokens])
+            self._ids_cache[text] = _Encoded(
+                ids=tuple(int(t) for t in kept),
+                scored_bytes=len(text[:end].encode("utf-8")),
+                truncated=True,
+            )
+
+    # ---------------------------------------------------------------- tiles
+
+    def _tile(self, rows: Sequence[str], cols: Sequence[str], *, want_cols: bool) -> TileScores:
+        row_docs = [e.ids for e in self._encode(rows)]
+        col_docs = [e.ids for e in self._encode(cols)]
+        return self._run_tile(row_docs, col_docs, want_cols=want_cols)
+
+    def _run_tile(
+        self,
+        row_docs: Sequence[Sequence[int]],
+        col_docs: Sequence[Sequence[int]],
+        *,
+        want_cols: bool,
+    ) -> TileScores:
+        """Score a tile, halving the token budget and starting the tile again whenever the
+        device runs out of memory (the accumulator is per tile, so nothing counts twice)."""
+        import torch
+
+        while True:
+            start = self.counters.model_tokens
+            try:
+                with torch.inference_mode():
+                    scores = self._score(
+                        row_docs,
+                        col_docs,
+                        path=self.path,
+                        budget=self.token_budget,
+                        want_cols=want_cols,
+                    )
+            except torch.OutOfMemoryError:
+                if self.token_budget <= 256:
+                    raise
+                self.token_budget //= 2
+                self.counters.oom_backoffs += 1
+                log.warning("out of device memory; token budget halved to %d", self.token_budget)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            return TileScores(
+                row_bits=scores.row_bits,
+                col_bits=scores.col_bits,
+                pair_bits=scores.pair_bits,
+                work_units=self.counters.model_tokens - start,
+            )
+
+    def _score(
+        self,
+        row_docs: Sequence[Sequence[int]],
+        col_docs: Sequence[Sequence[int]],
+        *,
+        path: str,
+        budget: int,
+        want_cols: bool,
+    ) -> TileScores:
+        """One attempt at a tile on ``path``. Every pass adds −ln p into one device accumulator
+        (pairs, then rows, then columns), read back once at the end. Row documents are scored
+        when the path needs their prefixes or ``want_cols`` asks for C(x) and C(y)."""
+        import torch
+
+        from nncd_ray.scorers.lm.plan import DocumentItem, document_passes
+
+        n_rows, n_cols = len(row_docs), len(col_docs)
+        row_off, col_off = n_rows * n_cols, n_rows * n_cols + n_rows
+        accumulator = torch.zeros(col_off + n_cols, dtype=torch.float64, device=self.device)
+        b, e = self._bos, self._eos
+        runner = self._plain if path == "plain" else self._masked
+        assert runner is not None
+        columns = (
+            [DocumentItem(tokens=(b, *y, e), into=col_off + j) for j, y in enumerate(col_docs)]
+            if want_cols
+            else []
+        )
+        cached = path == "prefix-cached" and n_rows > 0 and n_cols > 0
+        if cached:
+            self._cached_pairs(row_docs, col_docs, columns, accumulator, budget)
+        else:
+            items = (
+                [DocumentItem(tokens=(b, *x, e), into=row_off + i) for i, x in enumerate(row_docs)]
+                if want_cols
+                else []
+            )
+            items += columns
+            items += [
+                DocumentItem(tokens=(b, *x, e, *y, e), into=i * n_cols + j)
+                for i, x in enumerate(row_docs)
+                for j, y in enumerate(col_docs)
+            ]
+            for plan in document_passes(items, self._pad, budget):
+                runner.run(plan, accumulator)
+        bits = accumulator.cpu().numpy() / _LN2  # the tile's one device -> host copy
+        row_bits = bits[row_off:col_off]
+        pair = bits[:row_off].reshape(n_rows, n_cols)
+        if cached:  # continuations hold C(y | x) only
+            pair = pair + row_bits[:, None]
+        return TileScores(row_bits=row_bits, col_bits=bits[col_off:], pair_bits=pair)
+
+    def _cached_pairs(
+        self,
+        row_docs: Sequence[Sequence[int]],
+        col_docs: Sequence[Sequence[int]],
+        columns: list[Any],
+        accumulator: torch.Tensor,
+        budget: int,
+    ) -> None:
+        """Rows' prefixes (with the columns' own documents) in document passes, then every
+        column after every row prefix in continuation passes, row group by row group."""
+        from nncd_ray.scorers.lm.budget import prefix_capacity
+        from nncd_ray.scorers.lm.passes import PrefixStore
+        from nncd_ray.scorers.lm.plan import (
+            DocumentItem,
+            continuation_passes,
+            document_passes,
+            row_groups,
+        )
+
+        runner = self._masked
+        assert runner is not None
+        n_rows, n_cols = len(row_docs), len(col_docs)
+        b, e = self._bos, self._eos
+        row_off = n_rows * n_cols
+        (first_tokens,) = runner.to_device(
+            np.array([y[0] if y else e for y in col_docs], dtype=np.int64)
+        )
+        pair_block = accumulator[:row_off].view(n_rows, n_cols)
+        prefix_lengths = np.array([len(x) + 2 for x in row_docs], dtype=np.int64)
+        nonempty = np.array([j for j, y in enumerate(col_docs) if y], dtype=np.int64)
+        capacity = max(budget, prefix_capacity(self.model, self.device))
+        for group_index, group in enumerate(row_groups(prefix_lengths, capacity)):
+            width = int(prefix_lengths[group].max())
+            store = PrefixStore(rows=len(group), width=width)
+            items = [
+                DocumentItem(
+                    tokens=(b, *row_docs[r], e), into=row_off + r, prefix_row=k, tile_row=r
+                )
+                for k, r in enumerate(group.tolist())
+            ]
+            if group_index == 0:
+                items += columns
+            for plan in document_passes(items, self._pad, budget):
+                runner.run(
+                    plan, accumulator, store=store, first_tokens=first_tokens, pair_block=pair_block
+                )
+            if not len(nonempty):
+                continue
+            store_rows = np.repeat(np.arange(len(group), dtype=np.int64), len(nonempty))
+            column_of = np.tile(nonempty, len(group))
+            into = group[store_rows] * n_cols + column_of
+            for plan in continuation_passes(
+                rows=store_rows,
+                columns=col_docs,
+                column_of=column_of,
+                into=into,
+                prefix_lengths=prefix_lengths[group],
+                final=e,
+                pad=self._pad,
+                budget=budget,
+            ):
+                runner.run(plan, accumulator, store=store)
+            del store
+
+
+__all__ = ["PATHS", "TRUNCATION_POLICIES", "LMScorer"]
