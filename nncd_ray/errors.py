@@ -39,6 +39,11 @@ class DocumentTooLong(InputError):
     """A document exceeds the context and the truncation policy says to refuse it."""
 
 
+class InvalidCodeLengths(NNCDError, ValueError):
+    """A scorer returned code lengths that cannot be right (NaN, infinite or negative bits); the
+    tile is not stored."""
+
+
 class StoreError(NNCDError, OSError):
     """A matrix store cannot be opened, read or written."""
 
@@ -57,6 +62,24 @@ class StoreLocked(StoreError):
 
 class IncompleteMatrix(StoreError):
     """The matrix has tiles that are not computed yet."""
+
+
+class CorruptTile(StoreError):
+    """A tile marked done whose data cannot be decoded (checksum, codec) or holds impossible code
+    lengths (NaN, infinite, negative). ``nncd status --verify`` lists every such tile; running the
+    same ``nncd matrix`` command again recomputes them."""
+
+
+class StoreAccessDenied(StoreError, PermissionError):
+    """The storage service refused access to the store (HTTP 403, missing permission)."""
+
+
+class StoreCredentialsMissing(StoreAccessDenied):
+    """No credentials were found for a remote store."""
+
+
+class StoreUnreachable(StoreError, ConnectionError):
+    """The storage endpoint of a remote store cannot be reached."""
 
 
 class ClusterError(NNCDError, RuntimeError):

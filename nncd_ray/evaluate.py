@@ -15,6 +15,11 @@ store it needs ``pair_bits_reversed``.
 An incomplete matrix is refused (:class:`~nncd_ray.errors.IncompleteMatrix`) unless
 ``allow_partial``; then only rows whose every needed tile is done are classified, and the report
 lists the rows skipped.
+
+Everything read is checked (:mod:`nncd_ray.integrity`): a chunk that fails to decode (checksum,
+codec) or a done tile holding NaN, infinite or negative code lengths is refused with
+:class:`~nncd_ray.errors.CorruptTile`, one line naming the tile, its cells and the fix. Bits per
+byte divides by the bytes each code length covers (:mod:`nncd_ray.truncation`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,23 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
-from nncd_ray.errors import ConfigError, IncompleteMatrix, InputError, StoreError, StoreNotFound
+from nncd_ray.errors import (
+    ConfigError,
+    CorruptTile,
+    IncompleteMatrix,
+    InputError,
+    StoreError,
+    StoreNotFound,
+)
+from nncd_ray.integrity import (
+    UndecodableChunk,
+    code_length_problem,
+    corrupt_array_error,
+    corrupt_tile_error,
+    fix_hint,
+    read_cells,
+    tile_problem,
+)
 from nncd_ray.knn import (
     HUBNESS_REDUCTIONS,
     ColumnMoments,
@@ -41,6 +62,9 @@ from nncd_ray.knn import (
 )
 from nncd_ray.knn_report import EvaluationReport
 from nncd_ray.ncd import VARIANTS, bits_per_byte, corpus_bits_per_byte, ncd_matrix
+from nncd_ray.store_errors import store_errors
+from nncd_ray.tiling import TilePlan
+from nncd_ray.truncation import count_sides, group_bytes
 
 FORMAT = "nncd-matrix/1"
 # default memory budget of one float64 block of distances; NCD and k-NN hold up to ~10 such
@@ -80,10 +104,11 @@ def open_store_group(url: str, storage_options: Mapping[str, Any] | None = None)
     if remote and storage_options:
         kwargs["storage_options"] = dict(storage_options)
     try:
-        group = zarr.open_group(url, **kwargs)
-    except FileNotFoundError as exc:
+        with store_errors(url):
+            group = zarr.open_group(url, **kwargs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreNotFound(f"no matrix store at {url}; compute one with `nncd matrix`") from exc
-    except (OSError, ValueError, KeyError) as exc:
+    except (ValueError, KeyError) as exc:
         raise StoreError(f"cannot open the matrix store at {url}: {exc}") from exc
     if group.attrs.get("format") != FORMAT:
         raise StoreError(
@@ -100,16 +125,23 @@ def _array(group: zarr.Group, name: str) -> zarr.Array:
     return node
 
 
-def _plain_list(array: zarr.Array) -> list[Hashable]:
-    values: list[Hashable] = np.asarray(array[:]).tolist()
+def _plain_list(array: zarr.Array, url: str = "the store") -> list[Hashable]:
+    """A document array (ids, labels) as a list; one that fails to decode is named."""
+    try:
+        values: list[Hashable] = read_cells(array, (slice(None),)).tolist()
+    except UndecodableChunk as exc:
+        raise corrupt_array_error(url, array.basename, str(exc)) from exc
     return values
 
 
-def read_chunkwise(array: zarr.Array, rows: slice, cols: slice) -> NDArray[np.float32]:
+def read_chunkwise(
+    array: zarr.Array, rows: slice, cols: slice, *, url: str = "the store"
+) -> NDArray[np.float32]:
     """``array[rows, cols]`` as float32, read one chunk at a time into one preallocated block.
 
     zarr would otherwise fetch and decode every chunk of the selection concurrently, holding them
-    all (for a row block of a wide matrix: a whole band of tiles) on top of the result.
+    all (for a row block of a wide matrix: a whole band of tiles) on top of the result. A chunk
+    that fails to decode raises :class:`~nncd_ray.errors.CorruptTile` naming its tile.
     """
     row_start, row_stop, _ = rows.indices(int(array.shape[0]))
     col_start, col_stop, _ = cols.indices(int(array.shape[1]))
@@ -121,9 +153,17 @@ def read_chunkwise(array: zarr.Array, rows: slice, cols: slice) -> NDArray[np.fl
         c = col_start
         while c < col_stop:
             c_next = min(col_stop, (c // chunk_cols + 1) * chunk_cols)
-            out[r - row_start : r_next - row_start, c - col_start : c_next - col_start] = array[
-                r:r_next, c:c_next
-            ]
+            try:
+                part = read_cells(array, (slice(r, r_next), slice(c, c_next)))
+            except UndecodableChunk as exc:
+                plan = TilePlan(
+                    n_rows=int(array.shape[0]), n_cols=int(array.shape[1]), tile=chunk_rows
+                )
+                problem = tile_problem(
+                    plan, r // chunk_rows, c // chunk_cols, array.basename, str(exc)
+                )
+                raise corrupt_tile_error(url, problem) from exc
+            out[r - row_start : r_next - row_start, c - col_start : c_next - col_start] = part
             c = c_next
         r = r_next
     return out
@@ -174,6 +214,8 @@ class StoreView:
                 f"computed for {attrs.get('variant')!r} without pair_bits_reversed; use --variant "
                 "ncd or recompute the matrix with --variant ncd-min"
             )
+        plan = TilePlan(n_rows=n_rows, n_cols=n_cols, tile=tile)
+        done = _read_markers(_array(group, "tiles_done"), url)
         return cls(
             group=group,
             url=url,
@@ -182,14 +224,41 @@ class StoreView:
             tile=tile,
             n_rows=n_rows,
             n_cols=n_cols,
-            tiles_done=np.asarray(_array(group, "tiles_done")[:], dtype=bool),
-            row_bits=np.asarray(_array(group, "row_bits")[:], dtype=np.float64),
-            col_bits=np.asarray(_array(group, "col_bits")[:], dtype=np.float64),
+            tiles_done=done,
+            row_bits=_read_document_bits(group, "row", plan, done, url),
+            col_bits=_read_document_bits(group, "col", plan, done, url),
         )
 
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self.group.attrs.asdict())
+
+    @property
+    def plan(self) -> TilePlan:
+        return TilePlan(n_rows=self.n_rows, n_cols=self.n_cols, tile=self.tile)
+
+    def check_block(
+        self, name: str, values: NDArray[np.float32], row_start: int, col_start: int
+    ) -> None:
+        """Raise :class:`~nncd_ray.errors.CorruptTile` if ``values`` (cells of done tiles of
+        ``name`` from ``(row_start, col_start)`` on) holds a NaN, infinite or negative code
+        length. Two reductions, no temporaries: NaN makes both comparisons false."""
+        if values.size == 0:
+            return
+        low, high = values.min(), values.max()
+        if low >= 0 and high < np.inf:
+            return
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.isfinite(values) & (values >= 0))
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        r, c = (row_start + i) // self.tile, (col_start + j) // self.tile
+        box = self.plan.tile_at(r, c)
+        cells = values[
+            max(box.row_start - row_start, 0) : box.row_stop - row_start,
+            max(box.col_start - col_start, 0) : box.col_stop - col_start,
+        ]
+        reason = code_length_problem(cells) or "holds an impossible code length"
+        raise corrupt_tile_error(self.url, tile_problem(self.plan, r, c, name, reason))
 
     def complete_rows(self) -> NDArray[np.bool_]:
         """``(n_rows,) bool``: rows whose every needed tile is done (for square ``ncd-min`` also the
@@ -223,16 +292,25 @@ class StoreView:
             and (band_stop - band_start) * other * 4 <= BAND_BYTES
         )
         if not use_band:
-            selection = [slice(start, stop), slice(0, other)]
-            return read_chunkwise(array, *(selection if axis == 0 else selection[::-1]))
+            return self._read_checked(array, name, start, stop, axis=axis)
         cached = self._bands.get((name, axis))
         if cached is None or cached[0] != band:
             self._bands.pop((name, axis), None)  # free the old band before reading the next
-            selection = [slice(band_start, band_stop), slice(0, other)]
-            data = read_chunkwise(array, *(selection if axis == 0 else selection[::-1]))
+            data = self._read_checked(array, name, band_start, band_stop, axis=axis)
             cached = self._bands[(name, axis)] = (band, data)
         part = slice(start - band_start, stop - band_start)
         return cached[1][part, :] if axis == 0 else cached[1][:, part]
+
+    def _read_checked(
+        self, array: zarr.Array, name: str, start: int, stop: int, *, axis: int
+    ) -> NDArray[np.float32]:
+        """Rows or columns ``[start, stop)`` of a pair array, every chunk decoded and every value
+        checked (only done tiles are ever read here: blocks lie in complete rows)."""
+        whole = slice(0, self.n_cols if axis == 0 else self.n_rows)
+        rows, cols = (slice(start, stop), whole) if axis == 0 else (whole, slice(start, stop))
+        data = read_chunkwise(array, rows, cols, url=self.url)
+        self.check_block(name, data, rows.start, cols.start)
+        return data
 
     def distances(self, row_start: int, row_stop: int) -> NDArray[np.float64]:
         """``(row_stop - row_start, n_cols) float64`` NCD of a block of rows."""
@@ -253,6 +331,58 @@ class StoreView:
         )
 
 
+def _read_markers(array: zarr.Array, url: str) -> NDArray[np.bool_]:
+    """``tiles_done`` as a bool array; a marker chunk that fails to decode is named."""
+    try:
+        return np.asarray(read_cells(array, (slice(None), slice(None))), dtype=bool)
+    except UndecodableChunk:
+        pass
+    grid_rows, grid_cols = (int(n) for n in array.shape)
+    done = np.zeros((grid_rows, grid_cols), dtype=bool)
+    for r in range(grid_rows):
+        for c in range(grid_cols):
+            try:
+                done[r, c] = bool(read_cells(array, (slice(r, r + 1), slice(c, c + 1)))[0, 0])
+            except UndecodableChunk as exc:
+                raise CorruptTile(
+                    f"store {url}: the completion marker of tile ({r}, {c}) {exc}; {fix_hint(url)}"
+                ) from exc
+    return done
+
+
+def _read_document_bits(
+    group: zarr.Group, side: str, plan: TilePlan, done: NDArray[np.bool_], url: str
+) -> NDArray[np.float64]:
+    """``row_bits`` or ``col_bits`` as float64, checked wherever a done tile wrote them: a chunk
+    that fails to decode, or a NaN, infinite or negative C(x) there, is refused naming the first
+    done tile of the band (any tile of the band rewrites the chunk)."""
+    name = f"{side}_bits"
+    array = _array(group, name)
+    axis = 0 if side == "row" else 1
+    band_done = done.any(axis=1 - axis)
+    n = plan.n_rows if axis == 0 else plan.n_cols
+    try:  # one request, chunks fetched concurrently; band by band only to name a bad chunk
+        whole: NDArray[Any] | None = read_cells(array, (slice(0, n),))
+    except UndecodableChunk:
+        whole = None
+    values = np.full(n, np.nan, dtype=np.float64)
+    for band in np.flatnonzero(band_done):
+        part = slice(int(band) * plan.tile, min((int(band) + 1) * plan.tile, n))
+        first = int(np.flatnonzero(done[band] if axis == 0 else done[:, band])[0])
+        where = (int(band), first) if axis == 0 else (first, int(band))
+        try:
+            chunk = np.asarray(
+                whole[part] if whole is not None else read_cells(array, (part,)), dtype=np.float64
+            )
+        except UndecodableChunk as exc:
+            raise corrupt_tile_error(url, tile_problem(plan, *where, name, str(exc))) from exc
+        reason = code_length_problem(chunk)
+        if reason is not None:
+            raise corrupt_tile_error(url, tile_problem(plan, *where, name, reason))
+        values[part] = chunk
+    return values
+
+
 def _rates(bits: NDArray[np.float64], n_bytes: NDArray[np.int64]) -> dict[str, float | int | None]:
     known = np.isfinite(bits) & (n_bytes > 0)
     if not known.any():
@@ -267,17 +397,35 @@ def _rates(bits: NDArray[np.float64], n_bytes: NDArray[np.int64]) -> dict[str, f
 
 
 def compression_summary(view: StoreView) -> dict[str, Any]:
-    """Bits per byte of the compressor over single documents, C(x) / UTF-8 bytes.
+    """Bits per byte of the compressor over single documents, C(x) / bytes scored.
 
     ``bits_per_byte``: total bits / total bytes over every distinct document of the store (rows and
     columns of a rectangular store, the one set of a square store): the figure of
     ``shared/bench/PROTOCOL.md`` (its "mean over docs" column is this byte-weighted mean; e.g.
     agnews-small gzip 6.079). ``bits_per_byte_mean_doc``: the unweighted mean of per-document rates.
-    Documents whose C(x) is not computed yet (NaN) are left out and not counted in ``n_documents``.
-    Also given separately for ``rows`` and ``cols``.
+    The bytes are those each code length covers (``*_scored_bytes``): all of a document unless the
+    compressor truncated it; ``truncation`` counts the truncated documents
+    (:class:`~nncd_ray.truncation.TruncationCount`); stores without scored bytes use the
+    documents' full bytes (``truncation.recorded`` false). Documents whose C(x) is not computed
+    yet (NaN) are left out and not counted in ``n_documents``. Also given separately for ``rows``
+    and ``cols``.
     """
-    row_bytes = np.asarray(_array(view.group, "row_bytes")[:], dtype=np.int64)
-    col_bytes = np.asarray(_array(view.group, "col_bytes")[:], dtype=np.int64)
+    sides = {}
+    for side in ("row", "col"):
+        try:
+            full, scored = sides[side] = group_bytes(view.group, side)
+        except UndecodableChunk as exc:
+            raise corrupt_array_error(
+                view.url, f"{side}_bytes or {side}_scored_bytes", str(exc)
+            ) from exc
+        if scored is not None and (scored > full).any():
+            raise corrupt_array_error(
+                view.url, f"{side}_scored_bytes", "says more bytes were scored than a document has"
+            )
+    row_bytes, col_bytes = (
+        full if scored is None else np.where(scored >= 0, scored, full)
+        for full, scored in (sides["row"], sides["col"])
+    )
     if view.square:
         everything = _rates(view.row_bits, row_bytes)
     else:
@@ -288,6 +436,7 @@ def compression_summary(view: StoreView) -> dict[str, Any]:
         **everything,
         "rows": _rates(view.row_bits, row_bytes),
         "cols": _rates(view.col_bits, col_bytes),
+        "truncation": count_sides(sides, square=view.square).to_dict(),
     }
 
 
@@ -339,7 +488,17 @@ def _block(
 
 
 def evaluate_store(config: EvaluationConfig) -> EvaluationReport:
-    """Classify the store's rows against its columns for every k; return the report."""
+    """Classify the store's rows against its columns for every k; return the report.
+
+    Storage failures (credentials, network, permissions) raise
+    :class:`~nncd_ray.errors.StoreError` subclasses; a bad tile raises
+    :class:`~nncd_ray.errors.CorruptTile`.
+    """
+    with store_errors(config.store):
+        return _evaluate(config)
+
+
+def _evaluate(config: EvaluationConfig) -> EvaluationReport:
     started = time.perf_counter()
     if config.hubness_reduction not in HUBNESS_REDUCTIONS:
         raise ConfigError(
@@ -355,10 +514,11 @@ def evaluate_store(config: EvaluationConfig) -> EvaluationReport:
             f"the store {config.store} has no reference labels (col_labels): k-NN needs labelled "
             "references; compute the matrix from labelled documents"
         )
-    reference_labels = _plain_list(_array(group, "col_labels"))
-    query_labels = _plain_list(_array(group, "row_labels")) if "row_labels" in group else None
-    row_ids = [str(v) for v in _plain_list(_array(group, "row_ids"))]
-    col_ids = [str(v) for v in _plain_list(_array(group, "col_ids"))]
+    url = config.store
+    reference_labels = _plain_list(_array(group, "col_labels"), url)
+    query_labels = _plain_list(_array(group, "row_labels"), url) if "row_labels" in group else None
+    row_ids = [str(v) for v in _plain_list(_array(group, "row_ids"), url)]
+    col_ids = [str(v) for v in _plain_list(_array(group, "col_ids"), url)]
     n_candidates = view.n_cols - (1 if view.square else 0)
     ks = check_ks(config.ks, n_candidates)
 

@@ -4,6 +4,11 @@ Only per-tile metadata passes through here (a few numbers per tile), never score
 written to the store's ``progress`` attribute at most every :data:`FLUSH_EVERY_S` seconds (a
 group attribute update rewrites ``zarr.json``; on S3 that is one PUT) and at the end;
 ``tiles_done`` in the store is the truth, these counters are for ``nncd status``.
+
+A resumed job first verifies the tiles already marked done (:func:`nncd_ray.integrity.verify_store`:
+checksums and values, one read of the done part of the matrix) and recomputes those that fail, so a
+corrupted store heals by running the same command again. At the end it counts the documents the
+compressor truncated (scored bytes below their UTF-8 bytes) and warns about them.
 """
 
 from __future__ import annotations
@@ -12,10 +17,16 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from numpy.typing import NDArray
 from tqdm import tqdm
+
+from nncd_ray.integrity import PER_DOCUMENT_ARRAYS, TileProblem, verify_store
+from nncd_ray.truncation import TruncationCount, count_truncated
 
 if TYPE_CHECKING:
     from nncd_ray.store import MatrixStore
@@ -58,6 +69,15 @@ class MatrixSummary:
     attempts_failed: int = 0
     # "r,c" -> error text, for tiles given up on
     failed_tiles: dict[str, str] = field(default_factory=dict)
+    # tiles marked done that failed verification on resume and were recomputed: "r,c" -> problem
+    tiles_reverified: dict[str, str] = field(default_factory=dict)
+    # seconds spent verifying the done tiles on resume (0 for a fresh store)
+    verify_seconds: float = 0.0
+    # distinct documents whose code length covers only part of them (see nncd_ray.truncation)
+    documents_truncated: int = 0
+    # UTF-8 bytes of every document / the bytes their code lengths cover
+    bytes_total: int = 0
+    bytes_scored: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,12 +85,42 @@ class MatrixSummary:
     def one_line(self) -> str:
         """``nncd matrix``'s summary line."""
         failed = f", {self.tiles_failed} failed" if self.tiles_failed else ""
-        return (
-            f"{self.store}: {self.tiles_computed} tiles computed, {self.tiles_skipped} already "
-            f"done{failed} of {self.tiles_total}; {self.pairs_computed:,} pairs in "
-            f"{self.wall_seconds:.1f} s ({self.pairs_per_second:,.0f} pairs/s, start-up "
-            f"{self.startup_seconds:.1f} s) on {len(self.nodes) or 0} node(s)"
+        healed = (
+            f" ({len(self.tiles_reverified)} of them failed verification and were recomputed)"
+            if self.tiles_reverified
+            else ""
         )
+        truncated = (
+            f"; {self.documents_truncated} documents truncated" if self.documents_truncated else ""
+        )
+        return (
+            f"{self.store}: {self.tiles_computed} tiles computed{healed}, {self.tiles_skipped} "
+            f"already done{failed} of {self.tiles_total}; {self.pairs_computed:,} pairs in "
+            f"{self.wall_seconds:.1f} s ({self.pairs_per_second:,.0f} pairs/s, start-up "
+            f"{self.startup_seconds:.1f} s) on {len(self.nodes) or 0} node(s){truncated}"
+        )
+
+
+def _tiles_to_recompute(problems: Sequence[TileProblem], mask: NDArray[np.bool_]) -> dict[str, str]:
+    """``"r,c"`` -> problem of every done tile to recompute (``mask`` marks the done tiles).
+
+    A bad per-document chunk (``row_bits``, ``col_scored_bytes`` …) is rewritten by any tile of
+    its band, so it costs a recomputed tile only when every tile of the band is done; otherwise
+    the band's missing tile, computed anyway, repairs it.
+    """
+    chosen: dict[str, str] = {}
+    for problem in problems:
+        side = problem.array.split("_", 1)[0] if problem.array in PER_DOCUMENT_ARRAYS else None
+        band_done = (
+            mask[problem.index_row].all()
+            if side == "row"
+            else mask[:, problem.index_col].all()
+            if side == "col"
+            else True
+        )
+        if band_done:
+            chosen.setdefault(problem.key, problem.describe())
+    return chosen
 
 
 class JobBook:
@@ -85,10 +135,15 @@ class JobBook:
         executor: str,
         progress: bool,
         started: float,
+        reverified: dict[str, str] | None = None,
+        verify_seconds: float = 0.0,
     ) -> None:
         self.store = store
         self.plan = plan
         self.todo = todo
+        self.reverified = dict(reverified or {})
+        self.verify_seconds = verify_seconds
+        self.truncation: TruncationCount | None = None
         self.executor = executor
         self.started = started
         self.skipped = plan.n_tiles - len(todo)
@@ -121,13 +176,45 @@ class JobBook:
 
     @classmethod
     def begin(
-        cls, store: MatrixStore, plan: TilePlan, *, executor: str, progress: bool, started: float
+        cls,
+        store: MatrixStore,
+        plan: TilePlan,
+        *,
+        executor: str,
+        progress: bool,
+        started: float,
+        verify: bool = True,
     ) -> JobBook:
-        """Read the store's markers and plan the tiles still to compute (largest first)."""
+        """Read the store's markers and plan the tiles still to compute (largest first).
+
+        With ``verify`` (the default), the tiles already marked done are read and checked first
+        (:func:`nncd_ray.integrity.verify_store`); those that fail lose their marker and are
+        computed again.
+        """
         mask = store.done_mask()
+        reverified: dict[str, str] = {}
+        verify_seconds = 0.0
+        if verify and mask.any():
+            report = verify_store(store, mask=mask)
+            verify_seconds = report.seconds
+            reverified = _tiles_to_recompute(report.problems, mask)
+            for key, description in reverified.items():
+                index_row, index_col = (int(v) for v in key.split(","))
+                store.unmark(index_row, index_col)
+                mask[index_row, index_col] = False
+                log.warning("failed verification, recomputing it: %s", description)
         done = [(int(r), int(c)) for r, c in zip(*mask.nonzero(), strict=True)]
         todo = plan.tiles(skip=done)
-        book = cls(store, plan, todo, executor=executor, progress=progress, started=started)
+        book = cls(
+            store,
+            plan,
+            todo,
+            executor=executor,
+            progress=progress,
+            started=started,
+            reverified=reverified,
+            verify_seconds=verify_seconds,
+        )
         book.flush(force=True)
         return book
 
@@ -195,6 +282,9 @@ class JobBook:
     def close(self) -> None:
         self.bar.close()
         self.flush(force=True)
+        self.truncation = count_truncated(self.store)
+        if self.truncation.documents:
+            log.warning("%s", self.truncation.warning())
 
     def summary(self) -> MatrixSummary:
         wall = time.perf_counter() - self.started
@@ -216,4 +306,9 @@ class JobBook:
             actor_deaths=self.actor_deaths,
             attempts_failed=self.attempts_failed,
             failed_tiles=dict(self.failures),
+            tiles_reverified=dict(self.reverified),
+            verify_seconds=self.verify_seconds,
+            documents_truncated=self.truncation.documents if self.truncation else 0,
+            bytes_total=self.truncation.bytes_total if self.truncation else 0,
+            bytes_scored=self.truncation.bytes_scored if self.truncation else 0,
         )

@@ -4,6 +4,11 @@ The same :class:`TileWorker` runs in each Ray actor and, for ``executor="local"`
 It writes the tile's data itself (chunk-aligned, so workers never overwrite each other) and returns
 only small metadata; the driver then sets the tile's completion marker. So the driver never holds
 the matrix, and a worker that dies mid-write leaves a tile without a marker, which is recomputed.
+
+Before writing, the worker checks what the scorer returned: a code length that is NaN, infinite or
+negative is refused (:class:`~nncd_ray.errors.InvalidCodeLengths`), so a store never marks such a
+tile done; and it records the UTF-8 bytes each code length covers (``scorer.scored_bytes``), which
+bits per byte divides by.
 """
 
 from __future__ import annotations
@@ -14,7 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
+from nncd_ray.errors import InvalidCodeLengths
+from nncd_ray.integrity import code_length_problem
 from nncd_ray.scorers import ScorerSpec, make_scorer
+from nncd_ray.scorers.base import utf8_lengths
 from nncd_ray.store import MatrixStore
 from nncd_ray.tiling import Tile
 
@@ -74,6 +85,21 @@ class TileWorker:
             )
         return self._store
 
+    def scored_bytes(self, texts: Sequence[str]) -> NDArray[np.int64]:
+        """``(len(texts),) int64`` UTF-8 bytes each code length covers, checked to lie between 0
+        and the text's bytes (a scorer without ``scored_bytes`` covers whole texts)."""
+        full = utf8_lengths(texts)
+        method = getattr(self.scorer, "scored_bytes", None)
+        if method is None:
+            return full
+        scored = np.asarray(method(texts), dtype=np.int64)
+        if scored.shape != full.shape or (scored < 0).any() or (scored > full).any():
+            raise InvalidCodeLengths(
+                f"scorer {self.scorer.name}: scored_bytes must give 0 to len(utf-8) bytes for "
+                f"each of the {len(texts)} texts, not {scored.tolist()[:8]}"
+            )
+        return scored
+
     def compute(self, tile: Tile) -> TileResult:
         """Score ``tile`` and write its data (not its marker) to the store."""
         store = self.store  # opened before scoring, so a bad store fails before the slow part
@@ -87,6 +113,16 @@ class TileWorker:
             # rectangular ncd-min: C(y x) with the column document first, stored row-major
             reversed_bits = self.scorer.pair_bits(cols, rows).T
             work_units *= 2
+        arrays = {
+            "row_bits": scores.row_bits,
+            "col_bits": scores.col_bits,
+            "pair_bits": scores.pair_bits,
+        }
+        if reversed_bits is not None:
+            arrays["pair_bits_reversed"] = reversed_bits
+        check_code_lengths(tile, arrays)
+        row_scored = self.scored_bytes(rows)
+        col_scored = self.scored_bytes(cols)
         scored = time.perf_counter()
         store.write_tile(
             tile,
@@ -94,6 +130,8 @@ class TileWorker:
             col_bits=scores.col_bits,
             pair_bits=scores.pair_bits,
             pair_bits_reversed=reversed_bits,
+            row_scored_bytes=row_scored,
+            col_scored_bytes=col_scored,
         )
         return TileResult(
             index_row=tile.index_row,
@@ -105,3 +143,16 @@ class TileWorker:
             write_seconds=time.perf_counter() - scored,
             work_units=int(work_units),
         )
+
+
+def check_code_lengths(tile: Tile, arrays: Mapping[str, NDArray[Any]]) -> None:
+    """Refuse a tile whose code lengths (bits) are not all finite and non-negative: such numbers
+    are a scorer's failure and must not be stored as a done tile."""
+    for name, values in arrays.items():
+        problem = code_length_problem(np.asarray(values, dtype=np.float64))
+        if problem is not None:
+            raise InvalidCodeLengths(
+                f"tile {tile.key} (rows {tile.row_start}-{tile.row_stop - 1}, columns "
+                f"{tile.col_start}-{tile.col_stop - 1}): the scorer's {name} {problem}; the tile "
+                "is not stored"
+            )

@@ -2,7 +2,11 @@
 
 Tile counts come from the store's completion markers (the truth); throughput and compute time come
 from the progress counters the driver writes every few seconds. Also says whether a driver holds the
-store's lease right now.
+store's lease right now, and how many documents the compressor truncated.
+
+``--verify`` reads every done tile (one read of the computed part of the matrix) and checks its
+checksums and values; it names each bad tile and exits 1 when there is one (0 when all are good,
+2 on errors). Running the same ``nncd matrix`` command again recomputes the bad tiles.
 """
 
 from __future__ import annotations
@@ -13,8 +17,14 @@ import time
 from typing import Any
 
 from nncd_ray.cli.common import parse_options
+from nncd_ray.integrity import UndecodableChunk, verify_store
 from nncd_ray.lease import Lease
 from nncd_ray.store import MatrixStore
+from nncd_ray.store_errors import store_errors
+from nncd_ray.truncation import count_truncated
+
+# exit code of --verify when the store has bad tiles (errors exit 2, as everywhere)
+EXIT_BAD_TILES = 1
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -33,11 +43,25 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="fsspec option of the store, repeatable (endpoint_url=…, key=…, secret=…)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every done tile and check its checksums and values; name the bad ones and "
+        "exit 1 if there is one",
+    )
     return parser
 
 
-def store_status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything ``nncd status`` shows, as a JSON-able dict."""
+def store_status(
+    url: str, storage_options: dict[str, Any] | None = None, *, verify: bool = False
+) -> dict[str, Any]:
+    """Everything ``nncd status`` shows, as a JSON-able dict (``verify``: also a ``verify``
+    entry, :meth:`nncd_ray.integrity.VerifyReport.to_dict`)."""
+    with store_errors(url):
+        return _status(url, storage_options, verify=verify)
+
+
+def _status(url: str, storage_options: dict[str, Any] | None, *, verify: bool) -> dict[str, Any]:
     store = MatrixStore.open(url, storage_options=storage_options)
     mask = store.done_mask()
     plan = store.plan
@@ -47,6 +71,8 @@ def store_status(url: str, storage_options: dict[str, Any] | None = None) -> dic
     progress = store.progress
     lease = Lease(url, storage_options=storage_options)
     holder = lease.read()
+    verified = verify_store(store, mask=mask).to_dict() if verify else None
+    truncation = _truncation(store)
     return {
         "store": url,
         "shape": list(plan.shape),
@@ -69,7 +95,19 @@ def store_status(url: str, storage_options: dict[str, Any] | None = None) -> dic
         "scorer": store.attrs.get("scorer"),
         "software": store.attrs.get("software"),
         "lease": None if holder is None else {**holder.__dict__, "stale": lease.is_stale(holder)},
+        "truncation": truncation,
+        "documents_truncated": None if truncation is None else truncation["documents"],
+        **({"verify": verified} if verified is not None else {}),
     }
+
+
+def _truncation(store: MatrixStore) -> dict[str, Any] | None:
+    """The store's :class:`~nncd_ray.truncation.TruncationCount` as a dict; ``None`` when its
+    document arrays do not decode (``--verify`` names them)."""
+    try:
+        return count_truncated(store).to_dict()
+    except UndecodableChunk:
+        return None
 
 
 def _human(status: dict[str, Any]) -> str:
@@ -103,11 +141,53 @@ def _human(status: dict[str, Any]) -> str:
         )
     for key, error in sorted(status["failed_tiles"].items()):
         lines.append(f"failed tile {key}: {error}")
+    lines += _truncation_lines(status.get("truncation"))
+    verified = status.get("verify")
+    if verified is not None:
+        lines += _verify_lines(verified)
     return "\n".join(lines)
+
+
+def _truncation_lines(truncation: dict[str, Any] | None) -> list[str]:
+    if truncation is None:
+        return ["documents: the byte arrays do not decode (see --verify)"]
+    if not truncation["recorded"]:
+        return ["truncation: not recorded (a store written before scored bytes were kept)"]
+    if not truncation["documents"]:
+        return [f"truncation: none ({truncation['documents_scored']} documents scored whole)"]
+    share = 100.0 * truncation["bytes_scored"] / max(truncation["bytes_total"], 1)
+    return [
+        f"truncation: {truncation['documents']} of {truncation['documents_scored']} documents "
+        f"truncated by the compressor; code lengths cover {truncation['bytes_scored']:,} of "
+        f"{truncation['bytes_total']:,} bytes ({share:.1f}%), and bits per byte divides by those"
+    ]
+
+
+def _verify_lines(verified: dict[str, Any]) -> list[str]:
+    bad = verified["tiles_bad"]
+    lines = [
+        f"verify: {verified['tiles_checked']} done tiles read in {verified['seconds']:.2f} s, "
+        + ("all good" if verified["ok"] else f"{bad} bad tile{'s' if bad != 1 else ''}")
+    ]
+    for problem in verified["bad_tiles"]:
+        (r, c), (r0, r1), (c0, c1) = problem["tile"], problem["rows"], problem["cols"]
+        lines.append(
+            f"bad tile ({r}, {c}) (rows {r0}-{r1 - 1}, columns {c0}-{c1 - 1}): "
+            f"{problem['array']} {problem['reason']}"
+        )
+    lines += [f"bad array {name}: {reason}" for name, reason in verified["bad_arrays"].items()]
+    if not verified["ok"]:
+        lines.append(
+            "fix: run the same `nncd matrix` command again; it recomputes the bad tiles"
+            + (" and rewrites the document arrays" if verified["bad_arrays"] else "")
+        )
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
     options = parse_options(args.storage_option, "--storage-option") or None
-    status = store_status(args.store, options)
+    status = store_status(args.store, options, verify=args.verify)
     print(json.dumps(status, indent=2) if args.json else _human(status))
+    if args.verify and not status["verify"]["ok"]:
+        return EXIT_BAD_TILES
     return 0

@@ -2,7 +2,9 @@
 
 Contract (``shared/DESIGN.md`` §2): ``C(x)`` is the code length of one document, ``C(xy)`` the code
 length of x followed by y. Every length is in **bits**, as float64 on the way out (stores keep
-float32).
+float32). ``scored_bytes`` says how many UTF-8 bytes of each document a code length covers: all of
+them, unless the compressor truncates (an LM cuts documents longer than its context), and bits
+per byte divides by these bytes, never by bytes that were not compressed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class Scorer(Protocol):
         """Everything one tile of the matrix needs, computed with as little work as possible."""
         ...
 
+    def scored_bytes(self, texts: Sequence[str]) -> NDArray[np.int64]:
+        """UTF-8 bytes of each text that its code length covers: ``(len(texts),) int64``; fewer
+        than the text's bytes exactly when the compressor truncated it."""
+        ...
+
 
 class BaseScorer(ABC):
     """Shared defaults; subclasses override what they can do faster."""
@@ -80,6 +87,11 @@ class BaseScorer(ABC):
     def pair_bits(self, rows: Sequence[str], cols: Sequence[str]) -> NDArray[np.float64]:
         """C(x y) for every row x and column y: ``(len(rows), len(cols)) float64`` bits."""
 
+    def scored_bytes(self, texts: Sequence[str]) -> NDArray[np.int64]:
+        """UTF-8 bytes of each text (``(len(texts),) int64``): classical compressors see every
+        byte. Scorers that truncate override this."""
+        return utf8_lengths(texts)
+
     def score_tile(self, rows: Sequence[str], cols: Sequence[str]) -> TileScores:
         return TileScores(
             row_bits=self.document_bits(rows),
@@ -88,3 +100,8 @@ class BaseScorer(ABC):
             work_units=sum(len(t.encode("utf-8")) for t in rows) * max(len(cols), 1)
             + sum(len(t.encode("utf-8")) for t in cols) * max(len(rows), 1),
         )
+
+
+def utf8_lengths(texts: Sequence[str]) -> NDArray[np.int64]:
+    """``(len(texts),) int64`` UTF-8 bytes of each text."""
+    return np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))

@@ -8,6 +8,10 @@ scheduling, storage and resume at the speed of a matrix product. Its code length
   half of ``bits_per_byte`` times the bytes of x's distinct words that hash (crc32, 64 buckets)
   into a bucket that y also uses. Related texts therefore get smaller NCDs, and
   ``C(xy) ≠ C(yx)`` in general, as with real compressors (which exercises ``ncd-min``).
+- ``truncate_bytes``: when set, each document is cut to its first ``truncate_bytes`` UTF-8 bytes
+  (whole characters) before anything above, the way an LM cuts documents longer than its context;
+  ``scored_bytes`` then reports the kept bytes. It changes the numbers, so it is in the
+  fingerprint (only when set, so stores made without it resume as before).
 
 Fault injection, for the engine's fault-tolerance tests (none of these change the numbers, so
 none is in the fingerprint):
@@ -69,9 +73,16 @@ class SyntheticScorer(BaseScorer):
         delay_s: float = 0.0,
         fail_on: str | None = None,
         call_dir: str | None = None,
+        truncate_bytes: int | None = None,
     ) -> None:
         if not bits_per_byte > 0:
             raise ConfigError(f"bits_per_byte must be positive, not {bits_per_byte}")
+        if truncate_bytes is not None and (
+            isinstance(truncate_bytes, bool)
+            or not isinstance(truncate_bytes, int)
+            or truncate_bytes < 1
+        ):
+            raise ConfigError(f"truncate_bytes must be a positive integer, not {truncate_bytes!r}")
         if crashes < 0 or delay_s < 0:
             raise ConfigError("crashes and delay_s must not be negative")
         if crashes and crash_dir is None:
@@ -82,31 +93,47 @@ class SyntheticScorer(BaseScorer):
         self.delay_s = float(delay_s)
         self.fail_on = fail_on
         self.call_dir = call_dir
+        self.truncate_bytes = truncate_bytes
         self._calls = 0
         # text -> (bytes, per-bucket bytes of distinct words, per-bucket presence); texts repeat
         # across the tiles of a row or column, so features are computed once per text
         self._features: dict[str, tuple[int, NDArray[np.float64], NDArray[np.float64]]] = {}
 
     def fingerprint(self) -> dict[str, Any]:
-        return {
+        fingerprint: dict[str, Any] = {
             "compressor": self.name,
             "bits_per_byte": self.bits_per_byte,
             "buckets": BUCKETS,
             "formula": FORMULA_VERSION,
         }
+        if self.truncate_bytes is not None:
+            fingerprint["truncate_bytes"] = self.truncate_bytes
+        return fingerprint
 
     # -- code lengths ------------------------------------------------------------------------
+
+    def _kept(self, text: str) -> str:
+        """The part of ``text`` that is scored: all of it, or its first ``truncate_bytes`` UTF-8
+        bytes without a partial character."""
+        if self.truncate_bytes is None:
+            return text
+        return text.encode("utf-8")[: self.truncate_bytes].decode("utf-8", errors="ignore")
 
     def _feature(self, text: str) -> tuple[int, NDArray[np.float64], NDArray[np.float64]]:
         cached = self._features.get(text)
         if cached is None:
+            kept = self._kept(text)
             weights = np.zeros(BUCKETS, dtype=np.float64)
-            for word in set(text.split()):
+            for word in set(kept.split()):
                 encoded = word.encode("utf-8")
                 weights[zlib.crc32(encoded) % BUCKETS] += len(encoded)
-            cached = (len(text.encode("utf-8")), weights, (weights > 0).astype(np.float64))
+            cached = (len(kept.encode("utf-8")), weights, (weights > 0).astype(np.float64))
             self._features[text] = cached
         return cached
+
+    def scored_bytes(self, texts: Sequence[str]) -> NDArray[np.int64]:
+        """UTF-8 bytes of each text that its code length covers: ``(len(texts),) int64``."""
+        return np.array([self._feature(t)[0] for t in texts], dtype=np.int64)
 
     def document_bits(self, texts: Sequence[str]) -> NDArray[np.float64]:
         """C(x) for each text: ``(len(texts),) float64`` bits."""
