@@ -8,7 +8,12 @@ JSON (``EvaluationReport.to_dict``)::
      "hubness": [{"k", "n_queries", "n_refs", "skewness", "max_count", "never",
                   "top": [{"col", "id", "label", "count"}, ...]}, ...],
      "hub_note", "bits_per_byte", "bits_per_byte_mean_doc", "compression": {...},
+     "documents_truncated", "truncation_note",
      "compressor": {...}, "skipped_rows": [...], "block_rows", "seconds"}
+
+Bits per byte divides by the bytes each code length covers; ``documents_truncated`` counts the
+documents the compressor cut (``compression.truncation`` has the bytes, see
+:mod:`nncd_ray.truncation`) and ``truncation_note`` (or null) says so in one line.
 
 ``accuracy_95ci`` is the Wilson score interval; ``hubness`` describes how unevenly the references
 serve as neighbours (:class:`nncd_ray.knn.Hubness`): the skewness of their k-occurrence, the most
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from nncd_ray.knn import Hubness, KNNMetrics
+from nncd_ray.truncation import TruncationCount
 
 # A reference that is the nearest neighbour of this share of the queries (and of at least
 # HUB_MIN_QUERIES of them) gets a note: with four balanced classes it alone decides a tenth of the
@@ -106,6 +112,32 @@ class EvaluationReport:
     reference_labels: tuple[Hashable, ...] = ()
 
     @property
+    def truncation(self) -> dict[str, Any]:
+        """:class:`~nncd_ray.truncation.TruncationCount` as a dict (empty for reports built
+        without one)."""
+        value = self.compression.get("truncation")
+        return dict(value) if isinstance(value, dict) else {}
+
+    @property
+    def documents_truncated(self) -> int:
+        return int(self.truncation.get("documents") or 0)
+
+    @property
+    def truncation_note(self) -> str | None:
+        """One line when the compressor truncated documents, or when an LM store predates the
+        scored-bytes record (its truncation is unknown); else ``None``."""
+        truncation = self.truncation
+        if self.documents_truncated:
+            return TruncationCount(**truncation).warning()
+        name = (self.compressor or {}).get("compressor")
+        if truncation and not truncation.get("recorded") and name == "lm":
+            return (
+                "this store predates the record of scored bytes: documents the model truncated "
+                "are not known, and bits per byte divides by every document's full bytes"
+            )
+        return None
+
+    @property
     def bits_per_byte(self) -> float | None:
         """Total bits / total bytes over the store's documents (PROTOCOL.md's figure)."""
         value = self.compression.get("bits_per_byte")
@@ -172,6 +204,8 @@ class EvaluationReport:
             "hub_note": self.hub_note,
             "bits_per_byte": self.bits_per_byte,
             "bits_per_byte_mean_doc": self.compression.get("bits_per_byte_mean_doc"),
+            "documents_truncated": self.documents_truncated,
+            "truncation_note": self.truncation_note,
             "compression": self.compression,
             "compressor": self.compressor,
             "skipped_rows": list(self.skipped_rows),
@@ -243,9 +277,11 @@ class EvaluationReport:
         if compression.get("bits_per_byte") is not None:
             lines.append(
                 f"- bits per byte: {_fmt(compression['bits_per_byte'])} (total bits / total bytes "
-                f"over {compression['n_documents']} documents; mean of per-document rates "
+                f"scored over {compression['n_documents']} documents; mean of per-document rates "
                 f"{_fmt(compression.get('bits_per_byte_mean_doc'))})"
             )
+        if self.truncation_note is not None:
+            lines.append(f"- **truncation:** {self.truncation_note}")
         if self.skipped_rows:
             lines.append(
                 f"- skipped {len(self.skipped_rows)} rows not fully computed: "

@@ -134,6 +134,9 @@ class StudyRow:
             "macro_f1": {str(k): v for k, v in self.macro_f1.items()},
             "hubness": {str(h["k"]): h for h in self.report.hubness_dicts()},
             "hub_note": self.report.hub_note,
+            "documents_truncated": self.report.documents_truncated,
+            "truncation": self.report.truncation,
+            "truncation_note": self.report.truncation_note,
             "pairs_per_second": self.pairs_per_second,
             "pairs_computed": self.pairs_computed,
             "matrix_seconds": self.matrix_seconds,
@@ -198,8 +201,9 @@ class StudyResult:
             "leave_one_out": self.square,
             "executor": self.config.executor,
             "tile": self.config.tile,
-            "bits_per_byte_definition": "total bits / total UTF-8 bytes over every document of "
-            "the split, each compressed on its own (PROTOCOL.md)",
+            "bits_per_byte_definition": "total bits / total UTF-8 bytes scored over every "
+            "document of the split, each compressed on its own (PROTOCOL.md); a document the "
+            "compressor truncated counts only its scored bytes (see documents_truncated)",
             "rows": [self._row_dict(row) for row in self.rows],
             "best": {"compressor": best_row.compressor, "k": best_k},
             "plots": list(self.plots),
@@ -249,6 +253,11 @@ class StudyResult:
             "pairs/s: the pairs this run computed over its wall time, start-up included; "
             "— where the store was already complete."
         )
+        lines += [
+            f"\n**Truncation, {row.compressor}:** {row.report.truncation_note}."
+            for row in self.rows
+            if row.report.truncation_note is not None
+        ]
         lines += self._uncertainty_markdown()
         if self.plots:
             lines += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in self.plots]]

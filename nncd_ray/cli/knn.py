@@ -4,7 +4,9 @@
 
 Reads the store in row blocks (memory bounded by ``--block-rows`` × columns), derives NCD for the
 store's variant (or ``--variant``), classifies every query for every k in one pass (leave-one-out on
-a square store) and prints accuracy, macro-F1, bits per byte and confusion matrices.
+a square store) and prints accuracy, macro-F1, bits per byte and confusion matrices. Documents the
+compressor truncated are counted (a warning on stderr), and bits per byte divides by the bytes
+scored. A bad or undecodable tile is refused in one line naming it (exit 2).
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         report.write_markdown(args.markdown)
     print(report.to_markdown(), end="")
+    if report.truncation_note is not None:
+        print(f"nncd knn: warning: {report.truncation_note}", file=sys.stderr)
     if report.hub_note is not None:
         print(f"nncd knn: note: {report.hub_note}", file=sys.stderr)
     return 0

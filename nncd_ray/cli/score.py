@@ -2,9 +2,11 @@
 
 One JSON object per line, on stdout or in ``--output``:
 
-- documents (default): ``{"id", "bits", "bytes", "bits_per_byte"}``, bits = C(x), bytes = UTF-8
-  bytes of the text; with two sets (``--queries``/``--refs``, a rectangular ``--protocol``) each
-  line also says ``"set": "queries"`` or ``"refs"``.
+- documents (default): ``{"id", "bits", "bytes", "scored_bytes", "bits_per_byte"}``, bits = C(x),
+  bytes = UTF-8 bytes of the text, scored_bytes = the bytes C(x) covers (fewer when the compressor
+  truncated the document: then also ``"truncated": true``, and a warning with the count on stderr),
+  bits_per_byte = bits / scored_bytes; with two sets (``--queries``/``--refs``, a rectangular
+  ``--protocol``) each line also says ``"set": "queries"`` or ``"refs"``.
 - ``--pairs``: ``{"x", "y", "bits", "x_bits", "y_bits", "ncd"}`` for every row x and column y,
   bits = C(xy) with x first: all ordered pairs of ``--input`` (n², the diagonal included, as in
   the matrix), or every query against every reference.
@@ -23,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+import numpy as np
+
 from nncd_ray.cli.common import (
     add_input_arguments,
     add_scorer_arguments,
@@ -34,6 +38,8 @@ from nncd_ray.corpus import Corpus
 from nncd_ray.errors import ConfigError
 from nncd_ray.ncd import ncd_matrix
 from nncd_ray.scorers import BaseScorer, make_scorer
+from nncd_ray.scorers.base import utf8_lengths
+from nncd_ray.truncation import TruncationCount, count_from_arrays
 
 # documents per document_bits call, and rows per pair_bits call (bounds memory, paces output)
 DOC_BLOCK = 256
@@ -90,24 +96,33 @@ def _open_output(path: str | None) -> Iterator[TextIO]:
 
 def _write_documents(
     out: TextIO, scorer: BaseScorer, corpus: Corpus, set_name: str | None, force: bool
-) -> None:
+) -> TruncationCount:
+    """One line per document; returns how many the compressor truncated."""
     bar = progress(len(corpus), f"score {set_name or 'documents'}", unit="doc", force=force)
+    full_bytes, scored_bytes = [], []
     for start in range(0, len(corpus), DOC_BLOCK):
         texts = corpus.texts[start : start + DOC_BLOCK]
         bits = scorer.document_bits(texts)
-        for offset, text in enumerate(texts):
-            n_bytes = len(text.encode("utf-8"))
+        full = utf8_lengths(texts)
+        scored = np.asarray(scorer.scored_bytes(texts), dtype=np.int64)
+        full_bytes.append(full)
+        scored_bytes.append(scored)
+        for offset in range(len(texts)):
             record: dict[str, Any] = {
                 "id": corpus.ids[start + offset],
                 "bits": _number(bits[offset]),
-                "bytes": n_bytes,
-                "bits_per_byte": _number(bits[offset] / n_bytes),
+                "bytes": int(full[offset]),
+                "scored_bytes": int(scored[offset]),
+                "bits_per_byte": _number(bits[offset] / max(int(scored[offset]), 1)),
             }
+            if scored[offset] < full[offset]:
+                record["truncated"] = True
             if set_name is not None:
                 record["set"] = set_name
             out.write(_line(record))
         bar.update(len(texts))
     bar.close()
+    return count_from_arrays(np.concatenate(full_bytes), np.concatenate(scored_bytes))
 
 
 def _write_pairs(
@@ -148,12 +163,36 @@ def run(args: argparse.Namespace) -> int:
     else:
         rows, cols = inputs_from_args(args)
     scorer = make_scorer(scorer_spec_from_args(args))
+    counts: list[TruncationCount] = []
     with _open_output(args.output) as out:
         if args.pairs:
             _write_pairs(out, scorer, rows, cols, args.progress)
         elif cols is None:
-            _write_documents(out, scorer, rows, None, args.progress)
+            counts.append(_write_documents(out, scorer, rows, None, args.progress))
         else:
-            _write_documents(out, scorer, rows, "queries", args.progress)
-            _write_documents(out, scorer, cols, "refs", args.progress)
+            counts.append(_write_documents(out, scorer, rows, "queries", args.progress))
+            counts.append(_write_documents(out, scorer, cols, "refs", args.progress))
+    if args.pairs:
+        counts.append(_pair_truncation(scorer, rows, cols))
+    _warn_truncation(counts)
     return 0
+
+
+def _pair_truncation(scorer: BaseScorer, rows: Corpus, cols: Corpus | None) -> TruncationCount:
+    """Truncation of the documents of ``--pairs`` (each document counted once)."""
+    texts = list(rows.texts) + ([] if cols is None else list(cols.texts))
+    return count_from_arrays(utf8_lengths(texts), scorer.scored_bytes(texts))
+
+
+def _warn_truncation(counts: list[TruncationCount]) -> None:
+    """One warning on stderr when the compressor truncated any document."""
+    if not counts or not any(c.documents for c in counts):
+        return
+    total = TruncationCount(
+        recorded=True,
+        documents_scored=sum(c.documents_scored for c in counts),
+        documents=sum(c.documents for c in counts),
+        bytes_total=sum(c.bytes_total for c in counts),
+        bytes_scored=sum(c.bytes_scored for c in counts),
+    )
+    print(f"nncd score: warning: {total.warning()}", file=sys.stderr)

@@ -106,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     print(result.to_markdown(), end="")
+    for row in result.rows:
+        if row.report.truncation_note is not None:
+            print(
+                f"nncd study: warning: {row.compressor}: {row.report.truncation_note}",
+                file=sys.stderr,
+            )
     if result.plots_skipped and not args.no_plots:
         print(f"nncd study: plots skipped: {result.plots_skipped}", file=sys.stderr)
     return 0
