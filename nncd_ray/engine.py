@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nncd_ray.errors import ConfigError, TileFailed
+from nncd_ray.failures import RetryPolicy, classify
+from nncd_ray.gpu_assignment import AUTO, GpuRequest, check_gpu_request
 from nncd_ray.lease import Lease
 from nncd_ray.ncd import VARIANTS
 from nncd_ray.progress import JobBook, MatrixSummary
@@ -50,8 +52,10 @@ class MatrixConfig:
     tile: int = 64
     # number of scorer actors (Ray executor)
     actors: int = 1
-    # resources per actor; GPU actors get CUDA_VISIBLE_DEVICES from Ray
-    gpus_per_actor: float = 0.0
+    # GPUs per actor: "auto" = 1 for the LM on a cluster with GPUs (or device "cuda"), else 0; or
+    # a number. Ray sets CUDA_VISIBLE_DEVICES for GPU actors; actors with 0 see no GPU at all
+    # (see nncd_ray.gpu_assignment)
+    gpus_per_actor: GpuRequest = AUTO
     cpus_per_actor: float = 1.0
     # Ray cluster to join ("auto", "ray://…", "host:port"); None starts a private local cluster
     address: str | None = None
@@ -84,8 +88,10 @@ class MatrixConfig:
             raise ConfigError(f"--tile must be at least 1, not {self.tile}")
         if self.actors < 1:
             raise ConfigError(f"--actors must be at least 1, not {self.actors}")
-        if self.gpus_per_actor < 0 or self.cpus_per_actor < 0:
-            raise ConfigError("--gpus-per-actor and --cpus-per-actor must not be negative")
+        if not self.cpus_per_actor >= 0:
+            raise ConfigError("--cpus-per-actor must not be negative")
+        if self.executor == "ray":
+            check_gpu_request(self.gpus_per_actor, self.scorer)
         if self.max_attempts < 1:
             raise ConfigError(f"--max-attempts must be at least 1, not {self.max_attempts}")
         if self.actor_timeout_s <= 0:
@@ -117,12 +123,13 @@ def compute_matrix(config: MatrixConfig, rows: Corpus, cols: Corpus | None = Non
     plan = TilePlan(n_rows=len(rows), n_cols=len(rows if cols is None else cols), tile=config.tile)
     base = job_fingerprint(config, rows, cols)
     options = dict(config.storage_options or {})
+    policy = RetryPolicy(max_attempts=config.max_attempts)
     with Lease(config.store, storage_options=options) as lease:
         if not config.overwrite:
             # refuse a wrong resume before starting a cluster or loading a model
             MatrixStore.check_existing(config.store, base, storage_options=options)
         if config.executor == "local":
-            book = _run_local(config, plan, base, rows, cols, lease, started)
+            book = _run_local(config, plan, base, rows, cols, lease, started, policy)
         else:
             from nncd_ray.ray_executor import RayExecutor
 
@@ -133,20 +140,52 @@ def compute_matrix(config: MatrixConfig, rows: Corpus, cols: Corpus | None = Non
                     store, plan, executor="ray", progress=config.progress, started=started
                 )
                 try:
-                    executor.run(book.todo, book, lease)
+                    executor.run(book.todo, book, lease, policy)
                 finally:
                     book.close()
     summary = book.summary()
-    if summary.tiles_failed:
-        first_key, first_error = next(iter(summary.failed_tiles.items()))
-        error = TileFailed(
-            f"{summary.tiles_failed} of {summary.tiles_total} tiles failed after "
-            f"{config.max_attempts} attempts each (tile {first_key}: {first_error}); every other "
-            f"tile is stored in {config.store}; run the same command again to retry them"
-        )
+    if summary.tiles_failed or policy.stopped is not None:
+        error = TileFailed(failure_message(config, summary, policy))
         error.summary = summary  # type: ignore[attr-defined]
         raise error
     return summary
+
+
+def failure_message(config: MatrixConfig, summary: MatrixSummary, policy: RetryPolicy) -> str:
+    """The one line that ends a job with failed tiles: what failed, whether it was retried, what
+    is kept, and what to do (never "run it again" for a failure that would repeat)."""
+    kept = (
+        f"the {summary.tiles_computed + summary.tiles_skipped} tiles computed so far are kept in "
+        f"{config.store}"
+    )
+    stopped = policy.stopped
+    if stopped is not None:
+        key, failure = stopped
+        start = (
+            f"stopped: the first {policy.stop_after} tiles failed the same way"
+            if summary.tiles_computed == 0
+            else f"stopped: {policy.stop_after} tiles in a row failed the same way"
+        )
+        return (
+            f"{start} (tile {key}: {failure.message}); not retried: it fails the same way every "
+            f"time; {policy.not_attempted} of {summary.tiles_total} tiles not computed; {kept}; "
+            "fix the cause first: the same command would fail the same way"
+        )
+    deterministic = policy.deterministic_failures
+    if deterministic:
+        key, failure = next(iter(deterministic.items()))
+        return (
+            f"{summary.tiles_failed} of {summary.tiles_total} tiles failed (tile {key}: "
+            f"{failure.message}); not retried: it fails the same way every time; every other "
+            f"tile is stored in {config.store}; fix the cause first: the same command would fail "
+            "the same way"
+        )
+    first_key, first_error = next(iter(summary.failed_tiles.items()))
+    return (
+        f"{summary.tiles_failed} of {summary.tiles_total} tiles failed after "
+        f"{config.max_attempts} attempts each (tile {first_key}: {first_error}); every other "
+        f"tile is stored in {config.store}; run the same command again to retry them"
+    )
 
 
 def _open_store(
@@ -178,6 +217,7 @@ def _run_local(
     cols: Corpus | None,
     lease: Lease,
     started: float,
+    policy: RetryPolicy,
 ) -> JobBook:
     """The in-process executor: same store, markers, retries and counters as the Ray one."""
     worker = TileWorker(
@@ -191,26 +231,37 @@ def _run_local(
     book = JobBook.begin(store, plan, executor="local", progress=config.progress, started=started)
     book.worker_ready()
     try:
-        for tile in book.todo:
+        for position, tile in enumerate(book.todo):
             lease.check()
-            _compute_with_retries(worker, tile, book, config.max_attempts)
+            if policy.stopped is not None:
+                policy.not_attempted = len(book.todo) - position
+                break
+            _compute_with_retries(worker, tile, book, policy)
     finally:
         book.close()
     return book
 
 
-def _compute_with_retries(worker: TileWorker, tile: Tile, book: JobBook, attempts: int) -> None:
-    for attempt in range(1, attempts + 1):
+def _compute_with_retries(
+    worker: TileWorker, tile: Tile, book: JobBook, policy: RetryPolicy
+) -> None:
+    while True:
         try:
             result = worker.compute(tile)
-        except Exception as exc:  # any failure of one tile: retry, then record it
-            message = f"{type(exc).__name__}: {exc}"
-            book.attempt_failed(tile, message, attempt)
-            if attempt == attempts:
-                book.tile_failed(tile, message)
+        except Exception as exc:  # any failure of one tile: classify, retry or record it
+            if not policy.on_failure(tile, classify(exc), book):
+                return
             continue
+        policy.on_success(tile)
         book.tile_done(tile, result)
         return
 
 
-__all__ = ["EXECUTORS", "MatrixConfig", "MatrixSummary", "compute_matrix", "job_fingerprint"]
+__all__ = [
+    "EXECUTORS",
+    "MatrixConfig",
+    "MatrixSummary",
+    "compute_matrix",
+    "failure_message",
+    "job_fingerprint",
+]

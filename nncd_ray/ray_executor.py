@@ -15,11 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import socket
-import tempfile
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -28,6 +26,9 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from nncd_ray.errors import ClusterError, NNCDError
+from nncd_ray.failures import Failure, RetryPolicy, TileAttemptFailed, classify, one_line
+from nncd_ray.gpu_assignment import actor_runtime_env, lm_device, resolve_gpus_per_actor
+from nncd_ray.private_cluster import PrivateCluster
 from nncd_ray.store import is_remote
 from nncd_ray.worker import TileResult, TileWorker
 
@@ -84,12 +85,19 @@ class ScorerActor:
             "node_id": self._worker.node_id,
             "pid": os.getpid(),
             "fingerprint": self._worker.fingerprint(),
+            # what Ray assigned and what the scorer can see (None: variable unset, all visible)
+            "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         }
 
     def compute(self, tile: Tile) -> TileResult:
+        """Compute and store ``tile``; a failure is raised as a classified TileAttemptFailed."""
         if self._worker is None:
             raise RuntimeError(f"scorer actor failed to start: {self._error}")
-        return self._worker.compute(tile)
+        try:
+            return self._worker.compute(tile)
+        except Exception as exc:  # classified here, where its cause chain is still intact
+            raise TileAttemptFailed.wrap(exc) from exc
 
 
 @dataclass(kw_only=True)
@@ -101,11 +109,6 @@ class _Slot:
     task_ref: Any | None = None  # ObjectRef of the tile in flight
     tile: Tile | None = None
     where: str = "starting"  # "pid P on node N" once ready
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
 def reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
@@ -140,8 +143,13 @@ class RayExecutor:
         self.actors_started = 0
         self.actor_deaths = 0
         self.start_failures = 0
+        # GPUs per actor, resolved from config.gpus_per_actor ("auto") once the cluster is known
+        self.gpus_per_actor = 0.0
+        # what each started actor reported (pid, node, GPU ids, CUDA_VISIBLE_DEVICES), in order
+        self.actor_info: list[dict[str, Any]] = []
+        # a cluster joined by address (disconnected on exit), or a private one (ended on exit)
         self._owns_ray = False
-        self._temp_dir: str | None = None
+        self._private: PrivateCluster | None = None
         self._refs: tuple[Any, Any] | None = None
 
     # -- cluster -------------------------------------------------------------------------------
@@ -161,23 +169,16 @@ class RayExecutor:
                 ray.init(address=address, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ClusterError(
-                    f"cannot join the Ray cluster at {address}: {_short(exc)}; check --address "
+                    f"cannot join the Ray cluster at {address}: {one_line(exc)}; check --address "
                     "(or $RAY_ADDRESS) and that the cluster is up (`ray status`)"
                 ) from None
+            self._owns_ray = True
         else:
-            # a private local cluster: own temp dir (short, for socket paths), no dashboard
-            self._temp_dir = tempfile.mkdtemp(prefix="nncd-ray-", dir="/tmp")
+            # a private local cluster that dies with this process (see nncd_ray.private_cluster)
             cpus = max(
                 os.cpu_count() or 1, math.ceil(self.config.actors * self.config.cpus_per_actor)
             )
-            ray.init(
-                address="local",
-                num_cpus=cpus,
-                include_dashboard=False,
-                _temp_dir=self._temp_dir,
-                logging_level=logging.WARNING,
-            )
-        self._owns_ray = True
+            self._private = PrivateCluster(num_cpus=cpus).__enter__()
         return self
 
     def __exit__(
@@ -189,16 +190,39 @@ class RayExecutor:
         for slot in self.slots:
             self._kill(slot.actor)
         self.slots.clear()
-        if self._owns_ray:
+        if self._private is not None:
+            self._private.__exit__(exc_type, exc, traceback)
+            self._private = None
+        elif self._owns_ray:
             ray.shutdown()
-        if self._temp_dir is not None:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+    def resolve_gpus(self) -> float:
+        """Set and return :attr:`gpus_per_actor` from the config and the cluster's GPUs."""
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        cluster_gpus = sum(float(n.get("Resources", {}).get("GPU", 0.0)) for n in nodes)
+        self.gpus_per_actor = resolve_gpus_per_actor(
+            self.config.gpus_per_actor, self.config.scorer, cluster_gpus
+        )
+        return self.gpus_per_actor
+
+    def actor_options(self) -> dict[str, Any]:
+        """Ray options of every scorer actor: resources, spreading, and (without a GPU) an
+        environment in which no GPU is visible."""
+        options: dict[str, Any] = {
+            "num_cpus": self.config.cpus_per_actor,
+            "num_gpus": self.gpus_per_actor,
+            "scheduling_strategy": "SPREAD",
+        }
+        runtime_env = actor_runtime_env(self.gpus_per_actor)
+        if runtime_env is not None:
+            options["runtime_env"] = runtime_env
+        return options
 
     def check_resources(self) -> None:
         """Raise ClusterError when no node could ever host one actor."""
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         for resource, asked in (
-            ("GPU", self.config.gpus_per_actor),
+            ("GPU", self.gpus_per_actor),
             ("CPU", self.config.cpus_per_actor),
         ):
             if asked <= 0:
@@ -219,7 +243,13 @@ class RayExecutor:
                         self.config.actor_timeout_s,
                     )
                     return
-                hint = " (pass --gpus-per-actor 0 to score on CPUs)" if resource == "GPU" else ""
+                hint = ""
+                if resource == "GPU":
+                    hint = (
+                        " (--device cuda needs them; pass --device cpu to score on CPUs)"
+                        if lm_device(self.config.scorer) == "cuda"
+                        else " (pass --gpus-per-actor 0 to score on CPUs)"
+                    )
                 raise ClusterError(
                     f"{message}{hint}; on an autoscaling cluster pass --wait-for-resources"
                 )
@@ -237,11 +267,7 @@ class RayExecutor:
 
     def _spawn(self) -> _Slot:
         assert self._refs is not None
-        actor = ScorerActor.options(  # type: ignore[attr-defined]
-            num_cpus=self.config.cpus_per_actor,
-            num_gpus=self.config.gpus_per_actor,
-            scheduling_strategy="SPREAD",
-        ).remote(
+        actor = ScorerActor.options(**self.actor_options()).remote(  # type: ignore[attr-defined]
             self.config.scorer,
             self.config.store,
             dict(self.config.storage_options or {}),
@@ -278,19 +304,23 @@ class RayExecutor:
             cause = exc.cause
             if isinstance(cause, NNCDError):
                 raise cause from None  # e.g. ModelNotFound: the same on every actor
-            raise ClusterError(f"a scorer actor failed to start: {_short(cause or exc)}") from None
+            raise ClusterError(
+                f"a scorer actor failed to start: {one_line(cause or exc)}"
+            ) from None
         except RayError as exc:
             self.start_failures += 1
             if self.start_failures >= max(3, self.config.actors * self.config.max_attempts):
                 raise ClusterError(
                     f"scorer actors keep dying while starting ({self.start_failures} so far; last: "
-                    f"{_short(exc)}); check memory and the Ray logs"
+                    f"{one_line(exc)}); check memory and the Ray logs"
                 ) from None
-            log.warning("a scorer actor died while starting (%s); starting another", _short(exc))
+            log.warning("a scorer actor died while starting (%s); starting another", one_line(exc))
             self._replace(slot)
             return
         slot.ready_ref = None
-        slot.where = f"pid {info['pid']} on node {info['node_id'][:12]}"
+        gpus = f", GPU {','.join(info['gpu_ids'])}" if info.get("gpu_ids") else ""
+        slot.where = f"pid {info['pid']} on node {info['node_id'][:12]}{gpus}"
+        self.actor_info.append(info)
         if self.fingerprint is None:
             self.fingerprint = info["fingerprint"]
         elif info["fingerprint"] != self.fingerprint:
@@ -303,13 +333,15 @@ class RayExecutor:
     def _no_start_message(self, waited: float) -> str:
         return (
             f"no scorer actor started within {waited:.0f} s (each asks for "
-            f"{_amount(self.config.cpus_per_actor)} CPU and {_amount(self.config.gpus_per_actor)} "
+            f"{_amount(self.config.cpus_per_actor)} CPU and {_amount(self.gpus_per_actor)} "
             f"GPU; the cluster has {ray.available_resources()} free now); free resources, ask for "
             "fewer, or raise the timeout"
         )
 
     def start(self) -> dict[str, Any]:
-        """Check resources, start the actors, wait for the first; return the scorer fingerprint."""
+        """Resolve the GPUs per actor, check resources, start the actors, wait for the first;
+        return the scorer fingerprint."""
+        self.resolve_gpus()
         self.check_resources()
         if len([n for n in ray.nodes() if n.get("Alive")]) > 1 and not is_remote(self.config.store):
             log.warning(
@@ -328,6 +360,14 @@ class RayExecutor:
                 raise ClusterError(self._no_start_message(waited))
             self._wait(timeout=min(POLL_S * 5, self.config.actor_timeout_s - waited + 0.01))
         return self.fingerprint
+
+    def wait_for_actors(self, timeout_s: float) -> int:
+        """Wait until every actor of the pool has started, or ``timeout_s`` seconds passed (no
+        tile in flight); return how many have started."""
+        deadline = time.monotonic() + timeout_s
+        while any(s.ready_ref is not None for s in self.slots) and time.monotonic() < deadline:
+            self._wait(timeout=min(POLL_S, max(deadline - time.monotonic(), 0.01)))
+        return sum(s.ready_ref is None for s in self.slots)
 
     # -- scheduling ------------------------------------------------------------------------------
 
@@ -354,15 +394,20 @@ class RayExecutor:
                 finished.append((slot, ref))
         return finished
 
-    def run(self, todo: Sequence[Tile], book: JobBook, lease: Lease) -> None:
-        """Compute ``todo`` (largest first) with the pool; failures end up in ``book``."""
+    def run(self, todo: Sequence[Tile], book: JobBook, lease: Lease, policy: RetryPolicy) -> None:
+        """Compute ``todo`` (largest first) with the pool; failures end up in ``book``, retries
+        and the early stop follow ``policy`` (tiles in flight when it stops are abandoned: their
+        actors are killed on exit, and a tile without its marker is computed by a later run)."""
         book.worker_ready()
         pending: deque[Tile] = deque(todo)
-        attempts: Counter[str] = Counter()
         no_worker_since: float | None = None
         try:
             while pending or any(s.task_ref is not None for s in self.slots):
                 lease.check()
+                if policy.stopped is not None:
+                    in_flight = sum(s.task_ref is not None for s in self.slots)
+                    policy.not_attempted = len(pending) + in_flight
+                    return
                 for slot in self.slots:
                     if pending and slot.ready_ref is None and slot.task_ref is None:
                         slot.tile = pending.popleft()
@@ -374,7 +419,7 @@ class RayExecutor:
                 elif time.monotonic() - no_worker_since > self.config.actor_timeout_s:
                     raise ClusterError(self._no_start_message(time.monotonic() - no_worker_since))
                 for slot, ref in self._wait(timeout=POLL_S):
-                    self._on_tile(slot, ref, pending, attempts, book)
+                    self._on_tile(slot, ref, pending, policy, book)
         finally:
             book.actors_started = self.actors_started
             book.actor_deaths = self.actor_deaths
@@ -384,7 +429,7 @@ class RayExecutor:
         slot: _Slot,
         ref: Any,
         pending: deque[Tile],
-        attempts: Counter[str],
+        policy: RetryPolicy,
         book: JobBook,
     ) -> None:
         tile = slot.tile
@@ -393,17 +438,18 @@ class RayExecutor:
         try:
             result: TileResult = ray.get(ref)
         except RayTaskError as exc:  # the scorer raised; the actor is fine and stays
-            message = _short(exc.cause if exc.cause is not None else exc)
+            failure = classify(exc.cause if exc.cause is not None else exc)
         except RayError as exc:  # the actor died (or is unreachable): never reuse it
-            message = f"actor ({slot.where}) died: {_short(exc)}"
+            failure = Failure(
+                kind=type(exc).__name__,
+                message=f"actor ({slot.where}) died: {one_line(exc)}",
+                deterministic=False,
+            )
             self.actor_deaths += 1
             self._replace(slot)
         else:
+            policy.on_success(tile)
             book.tile_done(tile, result)
             return
-        attempts[tile.key] += 1
-        book.attempt_failed(tile, message, attempts[tile.key])
-        if attempts[tile.key] >= self.config.max_attempts:
-            book.tile_failed(tile, message)
-        else:
+        if policy.on_failure(tile, failure, book):
             pending.appendleft(tile)  # retried next, by whichever actor is free first

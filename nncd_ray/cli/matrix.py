@@ -24,6 +24,7 @@ from nncd_ray.cli.common import (
 )
 from nncd_ray.engine import EXECUTORS, MatrixConfig, MatrixSummary, compute_matrix
 from nncd_ray.errors import ConfigError, TileFailed
+from nncd_ray.gpu_assignment import AUTO, GpuRequest, parse_gpus_per_actor
 from nncd_ray.ncd import VARIANTS
 from nncd_ray.scorers import ScorerSpec, scorer_class
 
@@ -47,7 +48,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--actors", type=positive_int, default=1, metavar="N", help="scorer actors (1)"
     )
     parser.add_argument(
-        "--gpus-per-actor", type=float, default=0.0, metavar="G", help="GPUs per actor (0)"
+        "--gpus-per-actor",
+        type=_gpus_per_actor,
+        default=AUTO,
+        metavar="G|auto",
+        help="GPUs per actor (auto: 1 for --compressor lm with --device auto or cuda when the "
+        "cluster has GPUs, else 0; actors with 0 GPUs see none)",
     )
     parser.add_argument(
         "--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per actor (1)"
@@ -107,6 +113,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_input_arguments(parser)
     add_scorer_arguments(parser)
     return parser
+
+
+def _gpus_per_actor(text: str) -> GpuRequest:
+    """argparse type of ``--gpus-per-actor``: ``auto`` or a number."""
+    try:
+        return parse_gpus_per_actor(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def scorer_spec(args: argparse.Namespace) -> ScorerSpec:
