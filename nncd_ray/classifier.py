@@ -7,8 +7,10 @@ lowest class label).
 
 With scikit-learn installed (the ``sklearn`` extra) it is a real ``BaseEstimator`` /
 ``ClassifierMixin`` tagged ``pairwise``, so ``cross_val_score``, ``GridSearchCV`` and ``Pipeline``
-slice a square NCD matrix correctly (train × train to fit, test × train to predict). Without it the
-class keeps the same ``fit`` / ``predict`` / ``score`` / ``get_params`` API.
+slice a square NCD matrix correctly (train × train to fit, test × train to predict), and it passes
+scikit-learn's ``check_estimator`` (inputs checked as :mod:`nncd_ray.classifier_validation`
+describes). Without it the class keeps the same ``fit`` / ``predict`` / ``score`` /
+``get_params`` API and refuses the same inputs.
 
     clf = NCDKNNClassifier(n_neighbors=3).fit(None, reference_labels)
     clf.predict(ncd_queries_by_refs)                    # (n_queries, n_refs) distances
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from nncd_ray.classifier_validation import NotFitted, fit_matrix, labels_from, predict_matrix
 from nncd_ray.errors import ConfigError, InputError
 from nncd_ray.knn import (
     NO_LABEL,
@@ -101,7 +104,12 @@ class NCDKNNClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
+        # fit takes the square reference × reference distance matrix and predict the query ×
+        # reference one, so model selection slices rows and columns alike; scikit-learn's checks
+        # then feed it square matrices (and check that non-square ones are refused)
         tags.input_tags.pairwise = True
+        # NCD matrices are dense; sparse input is refused with a message that says so
+        tags.input_tags.sparse = False
         return tags
 
     # -- fitting --------------------------------------------------------------------------------
@@ -115,20 +123,16 @@ class NCDKNNClassifier(ClassifierMixin, BaseEstimator):
         return check_ks([self.n_neighbors])[0]
 
     def fit(self, X: ArrayLike | None, y: Sequence[Any] | ArrayLike) -> NCDKNNClassifier:
-        """Remember the reference labels ``y`` (n_refs,); ``X`` is the (n_refs, n_refs)
-        reference × reference matrix, only checked for its shape (or ``None``)."""
-        labels = list(np.asarray(y).ravel().tolist())
-        if not labels:
-            raise InputError("fit needs at least one labelled reference")
-        if X is not None:
-            matrix = np.asarray(X)
-            if matrix.ndim != 2 or matrix.shape[0] != len(labels):
-                raise InputError(
-                    "fit takes the (n_refs, n_refs) reference distances with n_refs = "
-                    f"{len(labels)} labels, not shape {matrix.shape}"
-                )
-            self.n_features_in_ = int(matrix.shape[1])
-        check_ks([self._check_params()], len(labels))
+        """Remember the reference labels ``y`` (n_refs,); ``X`` is the square (n_refs, n_refs)
+        reference × reference matrix, checked (finite, square, dense) but not otherwise needed,
+        or ``None``."""
+        k = self._check_params()
+        if X is None:
+            labels = labels_from(self, y)
+            self.n_features_in_ = len(labels)
+        else:
+            _, labels = fit_matrix(self, X, y)
+        check_ks([k], len(labels))
         codec = LabelCodec.from_labels(labels)
         self.codec_ = codec
         self.classes_ = np.asarray(codec.labels)
@@ -138,20 +142,14 @@ class NCDKNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _distances(self, X: ArrayLike) -> NDArray[np.float64]:
         if not hasattr(self, "reference_codes_"):
-            raise ConfigError("this NCDKNNClassifier is not fitted yet; call fit first")
-        matrix = np.asarray(X, dtype=np.float64)
-        if matrix.ndim != 2 or matrix.shape[1] != self.n_refs_:
-            raise InputError(
-                f"predict takes (n_queries, n_refs) distances with n_refs = {self.n_refs_}, "
-                f"not shape {matrix.shape}"
-            )
-        return matrix
+            raise NotFitted("this NCDKNNClassifier is not fitted yet; call fit first")
+        return predict_matrix(self, X, self.n_refs_)
 
     # -- prediction -----------------------------------------------------------------------------
 
     def predict(self, X: ArrayLike) -> NDArray[Any]:
-        """Labels ``(n_queries,)`` for (n_queries, n_refs) distances. A query whose every distance
-        is NaN has no neighbour: :class:`InputError`."""
+        """Labels ``(n_queries,)`` for (n_queries, n_refs) distances, which must be finite (a NaN
+        is a pair never computed): :class:`InputError` otherwise."""
         k = self._check_params()
         matrix = self._distances(X)
         codes = np.concatenate(
@@ -178,7 +176,7 @@ class NCDKNNClassifier(ClassifierMixin, BaseEstimator):
         return_distance: bool = True,
     ) -> tuple[NDArray[np.float64], NDArray[np.int64]] | NDArray[np.int64]:
         """Nearest references in (distance, index) order: ``(distances, indices)``, each
-        ``(n_queries, k)``; ``-1`` / NaN where a query has fewer usable references."""
+        ``(n_queries, k)``."""
         k = check_ks([n_neighbors if n_neighbors is not None else self._check_params()])[0]
         indices, distances = top_k_neighbours(self._distances(X), k)
         return (distances, indices) if return_distance else indices
