@@ -43,10 +43,12 @@ class Corpus:
                 )
             seen[doc_id] = position
         for position, text in enumerate(self.texts):
-            if not text:
+            # whitespace alone is no document either: nothing to compress but separators
+            if not text.strip():
+                what = "is empty" if not text else f"holds only whitespace ({text[:20]!r})"
                 raise InputError(
                     f"document {self.ids[position]!r} (number {position}) of "
-                    f"{self.source or 'the input'} is empty; remove it or give it text"
+                    f"{self.source or 'the input'} {what}; remove it or give it text"
                 )
 
     @classmethod
