@@ -39,6 +39,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from nncd_ray.errors import ConfigError, StoreLocked
+from nncd_ray.store_errors import store_errors
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ class Lease:
     ) -> None:
         self.url = lease_url(store_url)
         self.store_url = store_url
-        self.fs, self.path = fsspec.core.url_to_fs(self.url, **dict(storage_options or {}))
+        with store_errors(store_url):  # e.g. s3fs not installed: one line, not a traceback
+            self.fs, self.path = fsspec.core.url_to_fs(self.url, **dict(storage_options or {}))
         self.ttl_s = float(ttl_s)
         # renew well inside the TTL, so a few missed beats do not lose the lease
         self.renew_every_s = renew_every_s if renew_every_s is not None else min(5.0, ttl_s / 4)
@@ -228,7 +230,9 @@ class Lease:
                 self.fs.rm_file(self.path)
 
     def __enter__(self) -> Lease:
-        return self.acquire()
+        # the first request a job makes to its store: credentials, bucket, endpoint, permissions
+        with store_errors(self.store_url):
+            return self.acquire()
 
     def __exit__(
         self,

@@ -353,6 +353,7 @@ class MatrixStore:
             self._arrays[name] = node
         return self._arrays[name]
 
+    @maps_store_errors
     def write_tile(
         self,
         tile: Tile,
