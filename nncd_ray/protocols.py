@@ -14,6 +14,7 @@ so this is the line number minus one) — the same ids ``load_corpus`` gives the
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,23 @@ def default_data_path() -> Path | None:
         return Path(configured).expanduser()
     conventional = Path("..") / "shared" / "data" / "agnews" / "test.csv"
     return conventional if conventional.exists() else None
+
+
+def agnews_path(
+    data: str | Path | None = None, *, announce: Callable[[str], None] | None = None
+) -> Path:
+    """The AG News test CSV for ``--protocol``: ``data`` when given, else ``$NNCD_AGNEWS``, else
+    ``../shared/data/agnews/test.csv``, else the user cache, fetched from the Hugging Face hub
+    the first time (:func:`nncd_ray.agnews_fetch.fetch_agnews`; ``announce`` gets one line before
+    a download). Raises DatasetNotFound in one line when none of these works."""
+    if data is not None:
+        return Path(data).expanduser()
+    local = default_data_path()
+    if local is not None:
+        return local
+    from nncd_ray.agnews_fetch import fetch_agnews
+
+    return fetch_agnews(announce=announce)
 
 
 def load_agnews(path: str | Path) -> Corpus:
@@ -151,6 +169,7 @@ __all__ = [
     "PROTOCOLS",
     "Protocol",
     "ProtocolSplit",
+    "agnews_path",
     "default_data_path",
     "load_agnews",
     "load_protocol",

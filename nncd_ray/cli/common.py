@@ -24,7 +24,7 @@ from nncd_ray.data import (
     load_corpus,
 )
 from nncd_ray.errors import ConfigError
-from nncd_ray.protocols import DATA_ENV, PROTOCOLS, default_data_path, load_protocol
+from nncd_ray.protocols import DATA_ENV, PROTOCOLS, agnews_path, load_protocol
 from nncd_ray.scorers import CLASSICAL, ScorerSpec, available
 
 if TYPE_CHECKING:
@@ -91,7 +91,8 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         metavar="PATH",
         help=f"AG News test.csv (or its folder) for --protocol (default: ${DATA_ENV}, else "
-        "../shared/data/agnews/test.csv)",
+        "../shared/data/agnews/test.csv, else fetched once from the Hugging Face hub into "
+        "~/.cache/nncd_ray)",
     )
     group.add_argument(
         "--format",
@@ -136,6 +137,11 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def announce(message: str) -> None:
+    """One line on stderr about something slow the command is about to do."""
+    print(f"nncd: {message}", file=sys.stderr, flush=True)
+
+
 def _delimiter(value: str | None) -> str | None:
     if value is None:
         return None
@@ -169,12 +175,7 @@ def inputs_from_args(args: argparse.Namespace) -> tuple[Corpus, Corpus | None]:
     if protocol:
         if given:
             raise ConfigError(f"--protocol reads its own documents; drop {' and '.join(given)}")
-        data = getattr(args, "data", None) or default_data_path()
-        if data is None:
-            raise ConfigError(
-                f"--protocol {protocol} needs the AG News test.csv: pass --data PATH or set "
-                f"{DATA_ENV}"
-            )
+        data = agnews_path(getattr(args, "data", None), announce=announce)
         split = load_protocol(protocol, data)
         return split.queries, split.refs
     if getattr(args, "data", None):

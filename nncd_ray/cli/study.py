@@ -15,12 +15,11 @@ import argparse
 import sys
 from typing import Any
 
-from nncd_ray.cli.common import positive_int
+from nncd_ray.cli.common import announce, positive_int
 from nncd_ray.cli.knn import parse_ks
-from nncd_ray.errors import ConfigError
 from nncd_ray.knn import HUBNESS_REDUCTIONS
 from nncd_ray.ncd import VARIANTS
-from nncd_ray.protocols import DATA_ENV, PROTOCOLS, default_data_path
+from nncd_ray.protocols import DATA_ENV, PROTOCOLS, agnews_path
 from nncd_ray.study import StudyConfig, parse_compressors, run_study
 
 
@@ -38,7 +37,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--data",
         metavar="PATH",
         help=f"AG News test.csv or its folder (default: ${DATA_ENV}, else "
-        "../shared/data/agnews/test.csv)",
+        "../shared/data/agnews/test.csv, else fetched once from the Hugging Face hub into "
+        "~/.cache/nncd_ray)",
     )
     parser.add_argument(
         "--compressors",
@@ -82,12 +82,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = args.data or default_data_path()
-    if data is None:
-        raise ConfigError(
-            f"--protocol {args.protocol} needs the AG News test.csv: pass --data PATH or set "
-            f"{DATA_ENV}"
-        )
+    data = agnews_path(args.data, announce=announce)
     result = run_study(
         StudyConfig(
             protocol=args.protocol,
