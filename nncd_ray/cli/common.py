@@ -26,12 +26,13 @@ from nncd_ray.data import (
 from nncd_ray.errors import ConfigError
 from nncd_ray.protocols import DATA_ENV, PROTOCOLS, agnews_path, load_protocol
 from nncd_ray.scorers import CLASSICAL, ScorerSpec, available
+from nncd_ray.scorers.classical import LEVELS
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
 # --level means this constructor option for each classical compressor
-LEVEL_OPTION: dict[str, str] = {"gzip": "level", "bz2": "level", "lzma": "preset", "zstd": "level"}
+LEVEL_OPTION: dict[str, str] = {name: levels.option for name, levels in LEVELS.items()}
 # LM scorer option -> the flag that sets it (for messages)
 LM_FLAGS: dict[str, str] = {
     "model": "--model",
@@ -242,7 +243,7 @@ def add_scorer_arguments(parser: argparse.ArgumentParser, *, default: str = "lm"
         "--level",
         type=int,
         metavar="N",
-        help="gzip/bz2: level 1-9 (9); lzma: preset 0-9 (6); zstd: level up to 22 (19)",
+        help="; ".join(levels.describe(name) for name, levels in LEVELS.items()),
     )
 
 
@@ -266,9 +267,11 @@ def scorer_spec_from_args(args: argparse.Namespace) -> ScorerSpec:
         raise ConfigError(f"{flags} applies to --compressor lm only, not {name}")
     if level is None:
         return ScorerSpec(name=name, options={})
-    if name not in LEVEL_OPTION:
+    if name not in LEVELS:
         raise ConfigError(f"--level applies to {', '.join(CLASSICAL)}, not {name}")
-    return ScorerSpec(name=name, options={LEVEL_OPTION[name]: level})
+    levels = LEVELS[name]
+    # checked here too, so that a bad level is refused before a cluster starts
+    return ScorerSpec(name=name, options={levels.option: levels.check(name, level)})
 
 
 def progress(

@@ -22,6 +22,7 @@ import lzma
 import zlib
 from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,34 @@ def _native_version(module_file: str | None, symbol: str) -> str:
     function.restype = ctypes.c_char_p
     value = function()
     return value.decode("ascii", "replace") if isinstance(value, bytes) else "unknown"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LevelRange:
+    """The ``--level`` of one classical compressor: its constructor option and accepted range."""
+
+    option: str
+    low: int
+    high: int
+    default: int
+
+    def describe(self, compressor: str) -> str:
+        """``"gzip: level 0 to 9 (9)"``: what ``--level`` means and accepts for ``compressor``."""
+        return f"{compressor}: {self.option} {self.low} to {self.high} ({self.default})"
+
+    def check(self, compressor: str, value: Any) -> int:
+        """``value`` if it is an integer in range, else ConfigError (the scorers' own message)."""
+        return _check_int(self.option, value, self.low, self.high, compressor)
+
+
+# what --level sets for each classical compressor, and what the compressor accepts (zstd: its
+# negative "fast" levels down to -131072, up to ZSTD_maxCLevel() = 22)
+LEVELS: dict[str, LevelRange] = {
+    "gzip": LevelRange(option="level", low=0, high=9, default=9),
+    "bz2": LevelRange(option="level", low=1, high=9, default=9),
+    "lzma": LevelRange(option="preset", low=0, high=9, default=6),
+    "zstd": LevelRange(option="level", low=-(1 << 17), high=22, default=19),
+}
 
 
 def _check_int(name: str, value: Any, low: int, high: int, compressor: str) -> int:
@@ -146,7 +175,7 @@ class GzipScorer(ClassicalScorer):
     prefix_copy_min_bytes: int = 1024
 
     def __init__(self, level: int = 9) -> None:
-        self.level = _check_int("level", level, 0, 9, self.name)
+        self.level = _check_int("level", level, LEVELS["gzip"].low, LEVELS["gzip"].high, self.name)
 
     def settings(self) -> dict[str, Any]:
         return {"level": self.level, "container": "gzip", "zlib": zlib.ZLIB_RUNTIME_VERSION}
@@ -196,7 +225,7 @@ class Bz2Scorer(ClassicalScorer):
     name = "bz2"
 
     def __init__(self, level: int = 9) -> None:
-        self.level = _check_int("level", level, 1, 9, self.name)
+        self.level = _check_int("level", level, LEVELS["bz2"].low, LEVELS["bz2"].high, self.name)
 
     def settings(self) -> dict[str, Any]:
         import _bz2
@@ -213,7 +242,11 @@ class LzmaScorer(ClassicalScorer):
     name = "lzma"
 
     def __init__(self, preset: int | None = None) -> None:
-        self.preset = None if preset is None else _check_int("preset", preset, 0, 9, self.name)
+        self.preset = (
+            None
+            if preset is None
+            else _check_int("preset", preset, LEVELS["lzma"].low, LEVELS["lzma"].high, self.name)
+        )
 
     def settings(self) -> dict[str, Any]:
         import _lzma
@@ -238,9 +271,8 @@ class ZstdScorer(ClassicalScorer):
     def __init__(self, level: int = 19) -> None:
         import zstandard
 
-        self.level = _check_int(
-            "level", level, -(1 << 17), zstandard.MAX_COMPRESSION_LEVEL, self.name
-        )
+        high = min(LEVELS["zstd"].high, zstandard.MAX_COMPRESSION_LEVEL)
+        self.level = _check_int("level", level, LEVELS["zstd"].low, high, self.name)
         self._compressor = zstandard.ZstdCompressor(level=self.level)
 
     def settings(self) -> dict[str, Any]:
@@ -257,10 +289,12 @@ class ZstdScorer(ClassicalScorer):
 
 
 __all__ = [
+    "LEVELS",
     "SEPARATOR",
     "Bz2Scorer",
     "ClassicalScorer",
     "GzipScorer",
+    "LevelRange",
     "LzmaScorer",
     "ZstdScorer",
     "encode_texts",
