@@ -25,7 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from nncd_ray.integrity import PER_DOCUMENT_ARRAYS, TileProblem, verify_store
+from nncd_ray.integrity import PER_DOCUMENT_ARRAYS, TileProblem, UndecodableChunk, verify_store
+from nncd_ray.store_errors import store_errors
 from nncd_ray.truncation import TruncationCount, count_truncated
 
 if TYPE_CHECKING:
@@ -195,7 +196,8 @@ class JobBook:
         reverified: dict[str, str] = {}
         verify_seconds = 0.0
         if verify and mask.any():
-            report = verify_store(store, mask=mask)
+            with store_errors(store.url):
+                report = verify_store(store, mask=mask)
             verify_seconds = report.seconds
             reverified = _tiles_to_recompute(report.problems, mask)
             for key, description in reverified.items():
@@ -282,7 +284,12 @@ class JobBook:
     def close(self) -> None:
         self.bar.close()
         self.flush(force=True)
-        self.truncation = count_truncated(self.store)
+        try:
+            with store_errors(self.store.url):
+                self.truncation = count_truncated(self.store)
+        except UndecodableChunk as exc:  # named by `nncd status --verify`; repaired on resume
+            log.warning("cannot count truncated documents: a byte array %s", exc)
+            return
         if self.truncation.documents:
             log.warning("%s", self.truncation.warning())
 
