@@ -59,8 +59,9 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _short(exc: BaseException) -> str:
+    """``Kind: message`` on one line, at most ~200 characters: what the library said."""
     text = " ".join(str(exc).split())
-    return text[:200] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def map_store_error(exc: BaseException, url: str) -> StoreError | None:
@@ -107,7 +108,7 @@ def map_store_error(exc: BaseException, url: str) -> StoreError | None:
             "the path"
         )
     if isinstance(exc, OSError):
-        return StoreError(f"cannot access the store {url}: {type(exc).__name__}: {_short(exc)}")
+        return StoreError(f"cannot access the store {url}: {_short(exc)}")
     return None
 
 
