@@ -18,7 +18,8 @@ from nncd_ray.errors import StoreAccessDenied, StoreCredentialsMissing, StoreUnr
 from nncd_ray.scorers import ScorerSpec
 from nncd_ray.store import MatrixStore
 
-BUCKET = "matrices"
+# moto's servers in one process share one in-memory S3: a bucket of this module's own
+BUCKET = "remote-errors"
 STORE = f"s3://{BUCKET}/jobs/m.zarr"
 
 
@@ -114,7 +115,7 @@ def test_the_store_reads_with_good_credentials(
 @pytest.mark.parametrize("command", ["status", "knn"])
 def test_no_credentials(endpoint: str, command: str, capsys: pytest.CaptureFixture[str]) -> None:
     err = one_line_error([command, "--store", STORE, *options(endpoint, keys=False)], capsys)
-    assert "no credentials for s3://matrices/jobs/m.zarr" in err and "AWS_ACCESS_KEY_ID" in err
+    assert "no credentials for s3://remote-errors/jobs/m.zarr" in err and "AWS_ACCESS_KEY_ID" in err
 
 
 def test_no_credentials_for_a_matrix_job(
@@ -138,7 +139,7 @@ def test_unreachable_endpoint(documents: str, capsys: pytest.CaptureFixture[str]
     nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     for command in ("status", "knn"):
         err = one_line_error([command, "--store", STORE, *options(nowhere)], capsys)
-        assert "cannot reach the storage of s3://matrices/jobs/m.zarr" in err
+        assert "cannot reach the storage of s3://remote-errors/jobs/m.zarr" in err
     err = one_line_error(matrix_argv(STORE, nowhere, documents), capsys)
     assert "cannot reach" in err and "endpoint_url" in err
 
@@ -156,7 +157,7 @@ def test_access_denied(
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
     for command in ("status", "knn"):
         err = one_line_error([command, "--store", STORE, *options(endpoint)], capsys)
-        assert "access to s3://matrices/jobs/m.zarr was denied" in err
+        assert "access to s3://remote-errors/jobs/m.zarr was denied" in err
     err = one_line_error(matrix_argv(STORE, endpoint, documents), capsys)
     assert "denied" in err
 
