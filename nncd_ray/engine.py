@@ -154,9 +154,11 @@ def compute_matrix(config: MatrixConfig, rows: Corpus, cols: Corpus | None = Non
 def failure_message(config: MatrixConfig, summary: MatrixSummary, policy: RetryPolicy) -> str:
     """The one line that ends a job with failed tiles: what failed, whether it was retried, what
     is kept, and what to do (never "run it again" for a failure that would repeat)."""
+    stored = summary.tiles_computed + summary.tiles_skipped
     kept = (
-        f"the {summary.tiles_computed + summary.tiles_skipped} tiles computed so far are kept in "
-        f"{config.store}"
+        f"the {stored} tiles computed so far are kept in {config.store}"
+        if stored
+        else f"no tile is stored in {config.store} yet"
     )
     stopped = policy.stopped
     if stopped is not None:

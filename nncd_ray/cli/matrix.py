@@ -69,7 +69,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         type=positive_int,
         default=3,
         metavar="N",
-        help="attempts per tile before it is recorded as failed (3)",
+        help="attempts per tile before it is recorded as failed (3); failures that would repeat "
+        "(input, settings, model, permissions, memory) are tried once, and 3 tiles in a row "
+        "failing so stop the job",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="delete an existing store instead of resuming"
