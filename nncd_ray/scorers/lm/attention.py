@@ -131,28 +131,49 @@ class CaptureLayer(DynamicLayer):
 
 
 class PrefixLayer(DynamicLayer):
-    """A layer whose past is a batch of gathered prefixes ``(batch, kv_heads, width, head_dim)``.
+    """A layer whose past is, for each batch row, one row of a prefix store.
 
-    ``update`` returns the prefix followed by the pass's new keys/values and keeps nothing, so a
-    pass holds one layer's concatenation at a time, and the prefix store stays untouched.
+    The store layer ``(store rows, kv_heads, prefix slots + room, head_dim)`` holds prefixes
+    right-aligned in its first ``slots`` positions and leaves ``room`` free after them. ``update``
+    gathers the last ``width`` prefix slots *and the room after them* for the pass's rows in one
+    ``index_select`` (one copy), writes the new keys/values into the room, and keeps nothing:
+    a pass holds one layer's keys at a time, and the store is never written.
     """
 
     _layer_type = None
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        *,
+        rows: torch.Tensor,
+        slots: int,
+        width: int,
+    ) -> None:
         super().__init__()
         self.lazy_initialization(keys, values)
         self.keys, self.values = keys, values
+        self.rows, self.slots, self.width = rows, slots, width
+
+    def get_seq_length(self) -> int:
+        return self.width
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.keys is None or self.values is None:  # set in __init__; reset() clears them
             raise RuntimeError("PrefixLayer used after reset(); build a fresh cache per pass")
-        return (
-            torch.cat([self.keys, key_states], dim=-2),
-            torch.cat([self.values, value_states], dim=-2),
-        )
+        new = key_states.shape[-2]
+        if self.keys.shape[-2] - self.slots < new:
+            raise ValueError(f"{new} new positions do not fit the store's room after the prefix")
+        window = slice(self.slots - self.width, self.slots + new)
+        out = []
+        for store, states in ((self.keys, key_states), (self.values, value_states)):
+            gathered = store[:, :, window].index_select(0, self.rows)
+            gathered[:, :, self.width :] = states
+            out.append(gathered)
+        return out[0], out[1]
 
 
 def capture_cache(layers: int) -> DynamicCache:
@@ -163,11 +184,16 @@ def capture_cache(layers: int) -> DynamicCache:
     return cache
 
 
-def prefix_cache(prefixes: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    """A fresh cache (one per pass: the forward mutates caches) over gathered prefixes."""
+def prefix_cache(
+    layers: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, slots: int, width: int
+) -> DynamicCache:
+    """A fresh cache (one per pass: the forward mutates caches) whose layers read the last
+    ``width`` of ``slots`` prefix positions of store rows ``rows`` from the store ``layers``."""
     cache = DynamicCache()
     cache.layer_class_to_replicate = None
-    cache.layers = [PrefixLayer(keys, values) for keys, values in prefixes]
+    cache.layers = [
+        PrefixLayer(keys, values, rows=rows, slots=slots, width=width) for keys, values in layers
+    ]
     return cache
 
 

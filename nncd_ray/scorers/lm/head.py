@@ -28,8 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-# float32 logits per chunk (elements) when the head computes −ln p itself: bounds its memory
-LOGIT_CHUNK_ELEMENTS = 1 << 26
+# float32 logits per chunk (elements) when the head computes −ln p itself: bounds its memory.
+# On a CPU small chunks stay in cache (a 256 MB chunk is mostly page faults); a GPU wants few
+# large kernels.
+LOGIT_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,8 +59,8 @@ class HeadResult:
 
 def target_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """−ln p (float32) of ``targets`` (n,) under ``logits`` (n, vocab), in float32."""
-    logits = logits.float()
-    return torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None]).squeeze(1)
+    # cross_entropy fuses the log-softmax and the gather (about 2x faster than logsumexp on CPU)
+    return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 def tokens_nll(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -120,7 +122,7 @@ class ScoringHead(torch.nn.Module):
 
     def _fused_nll(self, picked: torch.Tensor, request: HeadRequest) -> HeadResult:
         scored = request.positions.shape[0]
-        step = max(1, LOGIT_CHUNK_ELEMENTS // self.head.weight.shape[0])
+        step = max(1, chunk_elements(picked.device) // self.head.weight.shape[0])
         nll = torch.empty(scored, dtype=torch.float32, device=picked.device)
         for start in range(0, scored, step):
             stop = min(start + step, scored)
@@ -132,6 +134,11 @@ class ScoringHead(torch.nn.Module):
             # a handful of rows (one per prefix), so one chunk
             dist_nll = tokens_nll(self.float_logits(picked[scored:]), request.dist_targets)
         return HeadResult(nll=nll, dist_nll=dist_nll)
+
+
+def chunk_elements(device: torch.device) -> int:
+    """Logit elements per chunk on ``device`` (see ``LOGIT_CHUNK_ELEMENTS``)."""
+    return LOGIT_CHUNK_ELEMENTS.get(device.type, LOGIT_CHUNK_ELEMENTS["cpu"])
 
 
 def half_output_float_supported(device: torch.device, dtype: torch.dtype) -> bool:
@@ -171,6 +178,7 @@ __all__ = [
     "HeadRequest",
     "HeadResult",
     "ScoringHead",
+    "chunk_elements",
     "install_scoring_head",
     "target_nll",
     "tokens_nll",

@@ -25,13 +25,16 @@ from nncd_ray.scorers.lm.attention import (
     capture_cache,
     prefix_cache,
 )
-from nncd_ray.scorers.lm.head import HeadRequest, ScoringHead, target_nll, tokens_nll
+from nncd_ray.scorers.lm.head import (
+    HeadRequest,
+    ScoringHead,
+    chunk_elements,
+    target_nll,
+    tokens_nll,
+)
 
 if TYPE_CHECKING:
     from nncd_ray.scorers.lm.plan import PassPlan
-
-# logits rows per chunk when −ln p is taken from the model's own (post-processed) logits
-_UNFUSED_CHUNK_ELEMENTS = 1 << 26
 
 
 @dataclass(kw_only=True)
@@ -53,11 +56,14 @@ class PassCounters:
 
 @dataclass(kw_only=True)
 class PrefixStore:
-    """Keys/values of ``rows`` prefixes per layer, ``(rows, kv_heads, width, head_dim)`` each,
-    right-aligned; ``lengths`` (rows,) int64 on the device."""
+    """Keys/values of ``rows`` prefixes per layer, ``(rows, kv_heads, slots + room,
+    head_dim)`` each: a prefix of length L fills slots ``slots - L .. slots - 1`` (right-aligned)
+    and ``room`` positions stay free after them, where a continuation's own keys go (see
+    :class:`~nncd_ray.scorers.lm.attention.PrefixLayer`)."""
 
     rows: int
-    width: int
+    slots: int
+    room: int
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
 
@@ -66,8 +72,8 @@ class PrefixStore:
     ) -> None:
         """Copy batch rows ``batch_rows`` of a capture cache (left-aligned, ``lengths`` real
         tokens each) into store rows ``store_rows``, right-aligned."""
-        shift = self.width - lengths  # slot t of the store holds source position t - shift
-        source = torch.arange(self.width, device=lengths.device)[None, :] - shift[:, None]
+        shift = self.slots - lengths  # slot t of the store holds source position t - shift
+        source = torch.arange(self.slots, device=lengths.device)[None, :] - shift[:, None]
         source = source.clamp(min=0)  # slots before the prefix copy position 0 (masked anyway)
         for index, layer in enumerate(cache.layers):
             for name, tensor in (("keys", layer.keys), ("values", layer.values)):
@@ -76,18 +82,12 @@ class PrefixStore:
                 aligned = picked.gather(2, gather)
                 target = getattr(self, name)
                 if len(target) <= index:
-                    target.append(aligned.new_empty(self.rows, *aligned.shape[1:]))
-                target[index].index_copy_(0, store_rows, aligned)
+                    heads, dim = aligned.shape[1], aligned.shape[3]
+                    target.append(aligned.new_empty(self.rows, heads, self.slots + self.room, dim))
+                target[index][:, :, : self.slots].index_copy_(0, store_rows, aligned)
 
-    def gather(self, rows: torch.Tensor, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The last ``width`` slots of store rows ``rows``, per layer."""
-        return [
-            (
-                keys[:, :, self.width - width :].index_select(0, rows),
-                values[:, :, self.width - width :].index_select(0, rows),
-            )
-            for keys, values in zip(self.keys, self.values, strict=True)
-        ]
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(zip(self.keys, self.values, strict=True))
 
 
 class PassRunner:
@@ -179,7 +179,7 @@ class PassRunner:
         if plan.prefix_rows is not None:
             if store is None:
                 raise ValueError("a continuation pass needs the prefix store")
-            cache = prefix_cache(store.gather(prefix_rows, plan.prefix_width))
+            cache = prefix_cache(store.layers(), prefix_rows, store.slots, plan.prefix_width)
         elif plan.capture_at.size:
             cache = capture_cache(self.layers)
         kwargs: dict[str, Any] = {
@@ -246,7 +246,7 @@ def _chunked_nll(
     """−ln p from logits rows: the request's positions (``gather``: index the full ``(batch ×
     width, vocab)`` logits; else the rows are already the picked positions, dist rows last)."""
     scored = request.positions.shape[0]
-    step = max(1, _UNFUSED_CHUNK_ELEMENTS // logits.shape[-1])
+    step = max(1, chunk_elements(logits.device) // logits.shape[-1])
     parts = []
     for start in range(0, scored, step):
         stop = min(start + step, scored)

@@ -27,11 +27,17 @@ IntArray = NDArray[np.int64]
 # cost of one prefix slot (a cached key/value a continuation attends to) relative to one input
 # token: it is gathered and attended to but runs through no projection or MLP
 PREFIX_WEIGHT = 0.125
+# prefix slots a pass may attend to, as a multiple of its token budget (bounds the memory of the
+# gathered keys/values: per slot about a tenth of an input token's activations)
+PREFIX_SLOTS_PER_TOKEN = 4
 # fixed cost of a forward pass, as a fraction of the token budget: a pass must save more padding
 # than this to be worth cutting (host-side launch costs on a GPU, per-pass setup on a CPU)
-PASS_OVERHEAD = 0.125
+PASS_OVERHEAD = 0.25
 # most candidate cut points considered per plan (keeps planning O(cuts × window), not O(n²))
 MAX_CUTS = 1024
+# items are ordered by width in buckets this much apart (relative), then by prefix length, so a
+# pass pads neither its inputs nor its gathered prefixes by much
+WIDTH_BUCKET = 0.125
 
 
 def batch_order(
@@ -42,23 +48,30 @@ def batch_order(
     prefix_weight: float = PREFIX_WEIGHT,
     pass_overhead: float = PASS_OVERHEAD,
 ) -> list[IntArray]:
-    """Indices of the items, in passes: sorted by (width, prefix, index) and cut so that each
-    pass costs ``count × (max width + prefix_weight × max prefix) <= budget`` tokens (an item
-    over the budget on its own gets a pass alone), minimising padded cost plus
-    ``pass_overhead × budget`` per pass. ``budget=0`` gives one item per pass."""
+    """Indices of the items, in passes.
+
+    Items are ordered by width bucket (``WIDTH_BUCKET`` apart), then prefix length, width and
+    index, and cut into passes that hold ``count × max width <= budget`` input tokens and
+    ``count × max prefix <= PREFIX_SLOTS_PER_TOKEN × budget`` prefix slots (an item over either
+    on its own gets a pass alone), choosing the cuts that minimise ``count × (max width +
+    prefix_weight × max prefix)`` plus ``pass_overhead × budget`` per pass (dynamic
+    programming over the order). ``budget=0`` gives one item per pass.
+    """
     n = len(widths)
     if n == 0:
         return []
     widths = np.maximum(np.asarray(widths, dtype=np.int64), 1)
     prefix = np.zeros(n, np.int64) if prefixes is None else np.asarray(prefixes, np.int64)
-    order = np.lexsort((np.arange(n), prefix, widths))
+    bucket = np.floor(np.log(widths) / np.log1p(WIDTH_BUCKET)).astype(np.int64)
+    order = np.lexsort((np.arange(n), widths, prefix, bucket))
     if budget <= 0:
         return [order[i : i + 1] for i in range(n)]
     w, p = widths[order].astype(np.float64), prefix[order].astype(np.float64)
-    cuts = _candidate_cuts(w, p, budget, prefix_weight)
-    # per segment between consecutive cuts: items, widest item (sorted: the last), longest prefix
+    slot_budget = PREFIX_SLOTS_PER_TOKEN * budget
+    cuts = _candidate_cuts(w, p, bucket[order], budget, slot_budget)
+    # per segment between consecutive cuts: items, widest item, longest prefix
     counts = np.diff(cuts)
-    seg_width = w[cuts[1:] - 1]
+    seg_width = np.maximum.reduceat(w, cuts[:-1])
     seg_prefix = np.maximum.reduceat(p, cuts[:-1])
     overhead = pass_overhead * budget
     segments = len(counts)
@@ -70,10 +83,12 @@ def batch_order(
         lo = max(0, end - MAX_CUTS)
         firsts = np.arange(lo, end)
         items = items_before[end] - items_before[firsts]
-        longest_prefix = np.maximum.accumulate(seg_prefix[lo:end][::-1])[::-1]
-        cost = items * (seg_width[end - 1] + prefix_weight * longest_prefix)
-        allowed = (cost <= budget) | (items == 1)
-        allowed[-1] = True  # the last segment alone is always possible (cuts keep it in budget)
+        widest = np.maximum.accumulate(seg_width[lo:end][::-1])[::-1]
+        longest = np.maximum.accumulate(seg_prefix[lo:end][::-1])[::-1]
+        fits = (items * widest <= budget) & (items * longest <= slot_budget)
+        allowed = fits | (items == 1)
+        allowed[-1] = True  # the last segment alone always fits (the cuts make sure of it)
+        cost = items * (widest + prefix_weight * longest)
         total = np.where(allowed, best[firsts] + cost + overhead, np.inf)
         pick = int(np.argmin(total))
         best[end], start[end] = total[pick], lo + pick
@@ -87,15 +102,18 @@ def batch_order(
 
 
 def _candidate_cuts(
-    widths: NDArray[np.float64], prefix: NDArray[np.float64], budget: int, prefix_weight: float
+    widths: NDArray[np.float64],
+    prefix: NDArray[np.float64],
+    bucket: IntArray,
+    budget: int,
+    slot_budget: int,
 ) -> IntArray:
-    """Where passes may start: every width change and every ``step`` items, ``step`` small
-    enough that a segment of that many items fits the budget, at most about ``MAX_CUTS``."""
+    """Where passes may start: every bucket change and every ``step`` items, ``step`` small
+    enough that a segment of that many items fits both budgets, at most about ``MAX_CUTS``."""
     n = len(widths)
-    largest = float(np.max(widths + prefix_weight * prefix))
-    fits = max(1, int(budget // largest))
-    step = max(1, min(fits, -(-n // MAX_CUTS)))
-    changes = np.flatnonzero(np.diff(widths)) + 1
+    fits = min(budget // float(widths.max()), slot_budget // max(float(prefix.max()), 1.0))
+    step = max(1, min(int(fits), -(-n // MAX_CUTS)))
+    changes = np.flatnonzero(np.diff(bucket)) + 1
     if len(changes) > MAX_CUTS:
         changes = changes[np.linspace(0, len(changes) - 1, MAX_CUTS).astype(np.int64)]
     return np.unique(np.concatenate([[0, n], np.arange(0, n, step), changes])).astype(np.int64)
@@ -256,14 +274,14 @@ def continuation_passes(
     return plans
 
 
-def row_groups(prefix_lengths: IntArray, capacity: int) -> list[IntArray]:
-    """Rows (indices) in groups whose prefix store ``rows × longest prefix`` stays within
-    ``capacity`` token slots (at least one row per group), shortest prefixes first."""
+def row_groups(prefix_lengths: IntArray, capacity: int, room: int = 0) -> list[IntArray]:
+    """Rows (indices) in groups whose prefix store ``rows × (longest prefix + room)`` stays
+    within ``capacity`` token slots (at least one row per group), shortest prefixes first."""
     order = np.argsort(prefix_lengths, kind="stable")
     groups: list[IntArray] = []
     current: list[int] = []
     for row in order:
-        longest = int(prefix_lengths[row])  # ascending: the new row is the longest so far
+        longest = int(prefix_lengths[row]) + room  # ascending: the new row is the longest
         if current and (len(current) + 1) * longest > capacity:
             groups.append(np.asarray(current, dtype=np.int64))
             current = []
@@ -276,7 +294,9 @@ def row_groups(prefix_lengths: IntArray, capacity: int) -> list[IntArray]:
 __all__ = [
     "MAX_CUTS",
     "PASS_OVERHEAD",
+    "PREFIX_SLOTS_PER_TOKEN",
     "PREFIX_WEIGHT",
+    "WIDTH_BUCKET",
     "DocumentItem",
     "PassPlan",
     "batch_order",

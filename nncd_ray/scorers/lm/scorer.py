@@ -461,9 +461,9 @@ class LMScorer(BaseScorer):
         prefix_lengths = np.array([len(x) + 2 for x in row_docs], dtype=np.int64)
         nonempty = np.array([j for j, y in enumerate(col_docs) if y], dtype=np.int64)
         capacity = max(budget, prefix_capacity(self.model, self.device))
-        for group_index, group in enumerate(row_groups(prefix_lengths, capacity)):
-            width = int(prefix_lengths[group].max())
-            store = PrefixStore(rows=len(group), width=width)
+        room = max((len(y) for y in col_docs), default=0)
+        for group_index, group in enumerate(row_groups(prefix_lengths, capacity, room)):
+            store = PrefixStore(rows=len(group), slots=int(prefix_lengths[group].max()), room=room)
             items = [
                 DocumentItem(
                     tokens=(b, *row_docs[r], e), into=row_off + r, prefix_row=k, tile_row=r
