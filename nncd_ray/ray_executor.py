@@ -3,8 +3,13 @@
 Why not ``ray.util.ActorPool``: it does not retry a task whose actor died. Here each tile has an
 attempt counter; a tile whose actor died goes back to the front of the queue, the dead actor is
 replaced by a new one (never reused: actors run with ``max_restarts=0``), and a tile that fails
-``max_attempts`` times is given up on and recorded while the job goes on. Each actor holds one tile
-at a time, so a driver killed mid-job loses at most one tile per actor.
+``max_attempts`` times is given up on and recorded while the job goes on.
+
+Each actor holds up to ``TILES_IN_FLIGHT`` tiles and runs them in two threads: while one tile's
+passes run on the device, the next one is tokenized and planned and the previous one is written
+to the store (:class:`~nncd_ray.worker.TileWorker` keeps the device to one tile at a time), so
+the device does not wait for the host between tiles. A driver killed mid-job loses at most that
+many tiles per actor.
 
 Actors that cannot be placed stay pending forever in Ray; so the cluster's resources are checked
 before any actor is created, and the wait for actors to start has a timeout that says why.
@@ -18,7 +23,7 @@ import os
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 # how long one ray.wait blocks before the loop checks the lease and the start-up deadline again
 POLL_S = 1.0
+# tiles given to one actor at a time (it runs them in as many threads, one on the device)
+TILES_IN_FLIGHT = 2
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
@@ -106,8 +113,8 @@ class _Slot:
 
     actor: Any
     ready_ref: Any | None  # ObjectRef of actor.ready() while the actor is starting
-    task_ref: Any | None = None  # ObjectRef of the tile in flight
-    tile: Tile | None = None
+    # the tiles in flight and the ObjectRefs of their results
+    tasks: dict[Any, Tile] = field(default_factory=dict)
     where: str = "starting"  # "pid P on node N" once ready
 
 
@@ -212,6 +219,8 @@ class RayExecutor:
             "num_cpus": self.config.cpus_per_actor,
             "num_gpus": self.gpus_per_actor,
             "scheduling_strategy": "SPREAD",
+            # one thread per tile in flight (the worker keeps the device to one of them)
+            "max_concurrency": TILES_IN_FLIGHT,
         }
         runtime_env = actor_runtime_env(self.gpus_per_actor)
         if runtime_env is not None:
@@ -287,12 +296,7 @@ class RayExecutor:
     def _replace(self, slot: _Slot) -> None:
         self._kill(slot.actor)
         fresh = self._spawn()
-        slot.actor, slot.ready_ref, slot.task_ref, slot.tile = (
-            fresh.actor,
-            fresh.ready_ref,
-            None,
-            None,
-        )
+        slot.actor, slot.ready_ref, slot.tasks = fresh.actor, fresh.ready_ref, {}
         slot.where = "starting"
 
     def _on_ready(self, slot: _Slot) -> None:
@@ -375,9 +379,9 @@ class RayExecutor:
         """Wait for any ready() or tile ref; handle ready() refs here, return finished tiles."""
         by_ref = {}
         for slot in self.slots:
-            ref = slot.task_ref if slot.task_ref is not None else slot.ready_ref
-            if ref is not None:
-                by_ref[ref] = slot
+            for ref in slot.tasks if slot.tasks else [slot.ready_ref]:
+                if ref is not None:
+                    by_ref[ref] = slot
         if not by_ref:
             return []
         refs = list(by_ref)
@@ -402,16 +406,16 @@ class RayExecutor:
         pending: deque[Tile] = deque(todo)
         no_worker_since: float | None = None
         try:
-            while pending or any(s.task_ref is not None for s in self.slots):
+            while pending or any(s.tasks for s in self.slots):
                 lease.check()
                 if policy.stopped is not None:
-                    in_flight = sum(s.task_ref is not None for s in self.slots)
+                    in_flight = sum(len(s.tasks) for s in self.slots)
                     policy.not_attempted = len(pending) + in_flight
                     return
                 for slot in self.slots:
-                    if pending and slot.ready_ref is None and slot.task_ref is None:
-                        slot.tile = pending.popleft()
-                        slot.task_ref = slot.actor.compute.remote(slot.tile)
+                    while pending and slot.ready_ref is None and len(slot.tasks) < TILES_IN_FLIGHT:
+                        tile = pending.popleft()
+                        slot.tasks[slot.actor.compute.remote(tile)] = tile
                 if any(s.ready_ref is None for s in self.slots):
                     no_worker_since = None
                 elif no_worker_since is None:
@@ -432,9 +436,9 @@ class RayExecutor:
         policy: RetryPolicy,
         book: JobBook,
     ) -> None:
-        tile = slot.tile
-        assert tile is not None
-        slot.task_ref, slot.tile = None, None
+        tile = slot.tasks.pop(ref, None)
+        if tile is None:  # its actor was replaced after another of its tiles found it dead
+            return
         try:
             result: TileResult = ray.get(ref)
         except RayTaskError as exc:  # the scorer raised; the actor is fine and stays
@@ -446,6 +450,8 @@ class RayExecutor:
                 deterministic=False,
             )
             self.actor_deaths += 1
+            # the actor's other tiles died with it: back to the queue, not charged an attempt
+            pending.extendleft(slot.tasks.values())
             self._replace(slot)
         else:
             policy.on_success(tile)

@@ -5,6 +5,10 @@ It writes the tile's data itself (chunk-aligned, so workers never overwrite each
 only small metadata; the driver then sets the tile's completion marker. So the driver never holds
 the matrix, and a worker that dies mid-write leaves a tile without a marker, which is recomputed.
 
+A worker may compute two tiles at once (a Ray actor runs two threads): the scorer's device work
+is one tile at a time (a lock), while tokenizing and planning the next tile (``scorer.prepare``)
+and writing the previous one happen beside it, so a GPU does not wait for the host between tiles.
+
 Before writing, the worker checks what the scorer returned: a code length that is NaN, infinite or
 negative is refused (:class:`~nncd_ray.errors.InvalidCodeLengths`), so a store never marks such a
 tile done; and it records the UTF-8 bytes each code length covers (``scorer.scored_bytes``), which
@@ -14,6 +18,7 @@ bits per byte divides by.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +30,7 @@ from numpy.typing import NDArray
 from nncd_ray.errors import InvalidCodeLengths
 from nncd_ray.integrity import code_length_problem
 from nncd_ray.scorers import ScorerSpec, make_scorer
-from nncd_ray.scorers.base import utf8_lengths
+from nncd_ray.scorers.base import TileScores, utf8_lengths
 from nncd_ray.store import MatrixStore
 from nncd_ray.tiling import Tile
 
@@ -72,6 +77,9 @@ class TileWorker:
         self.col_texts = self.row_texts if col_texts is None else tuple(col_texts)
         self.node_id = node_id
         self._store: MatrixStore | None = None
+        self._store_lock = threading.Lock()
+        # the scorer's device work, one tile at a time (see the module docstring)
+        self._device = threading.Lock()
 
     def fingerprint(self) -> dict[str, Any]:
         """The scorer's fingerprint (everything that changes the numbers)."""
@@ -79,11 +87,30 @@ class TileWorker:
 
     @property
     def store(self) -> MatrixStore:
-        if self._store is None:
-            self._store = MatrixStore.open(
-                self.store_url, storage_options=self.storage_options, mode="r+"
-            )
-        return self._store
+        with self._store_lock:
+            if self._store is None:
+                self._store = MatrixStore.open(
+                    self.store_url, storage_options=self.storage_options, mode="r+"
+                )
+            return self._store
+
+    def _scores(self, rows: Sequence[str], cols: Sequence[str], *, want_cols: bool) -> TileScores:
+        """The scorer's tile, with its device work under the device lock; a scorer that can
+        split a tile (``prepare``/``launch``, the LM) plans it and waits for its results outside
+        the lock."""
+        prepare = getattr(self.scorer, "prepare", None)
+        launch = getattr(self.scorer, "launch", None)
+        if prepare is None or launch is None:
+            with self._device:
+                if want_cols:
+                    return self.scorer.score_tile(rows, cols)
+                pair = self.scorer.pair_bits(rows, cols)
+                return TileScores(row_bits=np.zeros(0), col_bits=np.zeros(0), pair_bits=pair)
+        prepared = prepare(rows, cols, want_cols=want_cols)
+        with self._device:
+            pending = launch(prepared)
+        scores: TileScores = pending.result()
+        return scores
 
     def scored_bytes(self, texts: Sequence[str]) -> NDArray[np.int64]:
         """``(len(texts),) int64`` UTF-8 bytes each code length covers, checked to lie between 0
@@ -106,12 +133,12 @@ class TileWorker:
         rows = self.row_texts[tile.row_start : tile.row_stop]
         cols = self.col_texts[tile.col_start : tile.col_stop]
         started = time.perf_counter()
-        scores = self.scorer.score_tile(rows, cols)
+        scores = self._scores(rows, cols, want_cols=True)
         work_units = scores.work_units
         reversed_bits = None
         if store.has_reversed:
             # rectangular ncd-min: C(y x) with the column document first, stored row-major
-            reversed_bits = self.scorer.pair_bits(cols, rows).T
+            reversed_bits = self._scores(cols, rows, want_cols=False).pair_bits.T
             work_units *= 2
         arrays = {
             "row_bits": scores.row_bits,

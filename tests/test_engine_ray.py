@@ -95,10 +95,11 @@ def test_actors_killed_mid_job(ray_address: str, tmp_path: Path) -> None:
     assert summary.tiles_computed == summary.tiles_total == 24 and summary.tiles_failed == 0
     assert summary.actors_started == 2 + 3
     assert_store_matches(str(tmp_path / "f.zarr"), SYNTHETIC, rows, cols)
-    # no tile lost, none computed twice: the crashes happen before a tile is scored
+    # no tile lost; the crashes happen before a tile is scored, so a tile is scored again only
+    # when it was the other tile in flight on a crashing actor: at most one extra per crash
     counts = tile_calls(calls, rows, cols, tile=5)
     assert set(counts) == {(r, c) for r in range(6) for c in range(4)}
-    assert set(counts.values()) == {1}
+    assert sum(n - 1 for n in counts.values()) <= 3
 
 
 def test_tile_failing_every_time_is_recorded(ray_address: str, tmp_path: Path) -> None:

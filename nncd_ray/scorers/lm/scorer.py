@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
     from nncd_ray.models import LoadedModel
     from nncd_ray.scorers.lm.passes import PassRunner
+    from nncd_ray.scorers.lm.tile import PendingTile, PreparedTile
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ PATHS = ("prefix-cached", "naive", "plain")
 _LN2 = math.log(2.0)
 # tokenised documents kept per scorer (an actor sees the same columns in tile after tile)
 _IDS_CACHE_SIZE = 1 << 16
+# the token budget never halves below this (a pass that small running out of memory is fatal)
+_SMALLEST_BUDGET = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +67,8 @@ class _Encoded:
     # UTF-8 bytes of the text the kept tokens cover (all of it unless truncated)
     scored_bytes: int
     truncated: bool
+    # tokens of the whole text, before truncation
+    tokens: int
 
 
 class LMScorer(BaseScorer):
@@ -129,6 +135,7 @@ class LMScorer(BaseScorer):
         # padding is never attended to by a real token; EOS is always inside the embedding table
         self._pad = self._eos
         self._ids_cache: OrderedDict[str, _Encoded] = OrderedDict()
+        self._encode_lock = threading.Lock()
         self._build_runners(prefix_cache)
         self.token_budget: int = (
             self._auto_budget() if token_budget == "auto" else int(token_budget)
@@ -209,9 +216,15 @@ class LMScorer(BaseScorer):
         vocab = int(self.model.config.vocab_size)
         ids = [tuple(int((7 * i + 3 * k + 11) % vocab) for i in range(length - k)) for k in (0, 3)]
         rows, cols = ids, [ids[1][:-2], ids[0][1:]]
-        budget = self.token_budget if hasattr(self, "token_budget") else 4096
-        fast = self._score(rows, cols, path="prefix-cached", budget=budget, want_cols=True)
-        slow = self._score(rows, cols, path="plain", budget=0, want_cols=True)
+        from nncd_ray.scorers.lm.tile import launch_tile
+
+        fast = launch_tile(
+            self._plan(rows, cols, path="prefix-cached", budget=4096, want_cols=True),
+            self._runner("prefix-cached"),
+        ).result()
+        slow = launch_tile(
+            self._plan(rows, cols, path="plain", budget=0, want_cols=True), self._runner("plain")
+        ).result()
         dtype = next(self.model.parameters()).dtype
         tolerance = (
             1e-3 if str(dtype) == "torch.float32" else 2e-2 * float(np.abs(slow.pair_bits).max())
@@ -248,7 +261,7 @@ class LMScorer(BaseScorer):
 
     def document_bits(self, texts: Sequence[str]) -> NDArray[np.float64]:
         """C(x) of each text: ``(len(texts),) float64`` bits."""
-        return self._run_tile([], [e.ids for e in self._encode(texts)], want_cols=True).col_bits
+        return self._tile([], texts, want_cols=True).col_bits
 
     def pair_bits(self, rows: Sequence[str], cols: Sequence[str]) -> NDArray[np.float64]:
         """C(x y), x = row, y = column: ``(len(rows), len(cols)) float64`` bits."""
@@ -293,25 +306,26 @@ class LMScorer(BaseScorer):
                     f"document number {position} cannot be encoded as UTF-8 ({exc.reason} at "
                     f"character {exc.start})"
                 ) from exc
-        missing = list(dict.fromkeys(t for t in texts if t not in self._ids_cache))
-        if missing:
-            self._tokenize(missing)
-        out = []
-        for position, text in enumerate(texts):
-            encoded = self._ids_cache[text]
-            self._ids_cache.move_to_end(text)
-            if encoded.truncated:
-                if self.truncation == "error":
-                    preview = text[:40].replace("\n", " ")
-                    raise DocumentTooLong(
-                        f"document number {position} ({preview!r}...) has more than "
-                        f"max_doc_tokens={self.max_doc_tokens} tokens; shorten it, raise "
-                        f"max_doc_tokens, or use truncation='truncate'"
-                    )
-                self.counters.documents_truncated += 1
-            out.append(encoded)
-        while len(self._ids_cache) > _IDS_CACHE_SIZE:
-            self._ids_cache.popitem(last=False)
+        with self._encode_lock:  # a worker may prepare one tile while launching another
+            missing = list(dict.fromkeys(t for t in texts if t not in self._ids_cache))
+            if missing:
+                self._tokenize(missing)
+            out = []
+            for position, text in enumerate(texts):
+                encoded = self._ids_cache[text]
+                self._ids_cache.move_to_end(text)
+                if encoded.truncated:
+                    if self.truncation == "error":
+                        preview = text[:40].replace("\n", " ")
+                        raise DocumentTooLong(
+                            f"document number {position} ({preview!r}...) has {encoded.tokens} "
+                            f"tokens, more than max_doc_tokens={self.max_doc_tokens}; shorten it, "
+                            "raise max_doc_tokens, or use truncation='truncate'"
+                        )
+                    self.counters.documents_truncated += 1
+                out.append(encoded)
+            while len(self._ids_cache) > _IDS_CACHE_SIZE:
+                self._ids_cache.popitem(last=False)
         return out
 
     def _tokenize(self, texts: list[str]) -> None:
@@ -324,7 +338,9 @@ class LMScorer(BaseScorer):
         ):
             full = len(text.encode("utf-8"))
             if len(ids) <= self.max_doc_tokens:
-                self._ids_cache[text] = _Encoded(ids=tuple(ids), scored_bytes=full, truncated=False)
+                self._ids_cache[text] = _Encoded(
+                    ids=tuple(ids), scored_bytes=full, truncated=False, tokens=len(ids)
+                )
                 continue
             kept = ids[: self.max_doc_tokens]
             end = max(int(stop) for _, stop in offsets[: self.max_doc_tokens])
@@ -332,39 +348,41 @@ class LMScorer(BaseScorer):
                 ids=tuple(int(t) for t in kept),
                 scored_bytes=len(text[:end].encode("utf-8")),
                 truncated=True,
+                tokens=len(ids),
             )
 
     # ---------------------------------------------------------------- tiles
 
-    def _tile(self, rows: Sequence[str], cols: Sequence[str], *, want_cols: bool) -> TileScores:
-        row_docs = [e.ids for e in self._encode(rows)]
-        col_docs = [e.ids for e in self._encode(cols)]
-        return self._run_tile(row_docs, col_docs, want_cols=want_cols)
+    def prepare(
+        self, rows: Sequence[str], cols: Sequence[str], *, want_cols: bool = True
+    ) -> PreparedTile:
+        """The host half of a tile: token ids and pass plans (no device work), so a worker can
+        prepare the next tile while the device runs the current one."""
+        return self._plan(
+            [e.ids for e in self._encode(rows)],
+            [e.ids for e in self._encode(cols)],
+            path=self.path,
+            budget=self.token_budget,
+            want_cols=want_cols,
+        )
 
-    def _run_tile(
-        self,
-        row_docs: Sequence[Sequence[int]],
-        col_docs: Sequence[Sequence[int]],
-        *,
-        want_cols: bool,
-    ) -> TileScores:
-        """Score a tile, halving the token budget and starting the tile again whenever the
-        device runs out of memory (the accumulator is per tile, so nothing counts twice)."""
+    def launch(self, prepared: PreparedTile) -> PendingTile:
+        """Queue a prepared tile's passes on the device; :meth:`PendingTile.result` gives its
+        scores. Out of device memory, the token budget halves and the tile starts again (its
+        accumulator is its own, so nothing counts twice)."""
         import torch
 
+        from nncd_ray.scorers.lm.tile import launch_tile
+
         while True:
+            if prepared.budget != self.token_budget:  # halved after an earlier tile ran out
+                prepared = self._replan(prepared)
             start = self.counters.model_tokens
             try:
                 with torch.inference_mode():
-                    scores = self._score(
-                        row_docs,
-                        col_docs,
-                        path=self.path,
-                        budget=self.token_budget,
-                        want_cols=want_cols,
-                    )
+                    pending = launch_tile(prepared, self._runner(prepared.path))
             except torch.OutOfMemoryError:
-                if self.token_budget <= 256:
+                if self.token_budget <= _SMALLEST_BUDGET:
                     raise
                 self.token_budget //= 2
                 self.counters.oom_backoffs += 1
@@ -372,14 +390,13 @@ class LMScorer(BaseScorer):
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            return TileScores(
-                row_bits=scores.row_bits,
-                col_bits=scores.col_bits,
-                pair_bits=scores.pair_bits,
-                work_units=self.counters.model_tokens - start,
-            )
+            pending.work_units = self.counters.model_tokens - start
+            return pending
 
-    def _score(
+    def _tile(self, rows: Sequence[str], cols: Sequence[str], *, want_cols: bool) -> TileScores:
+        return self.launch(self.prepare(rows, cols, want_cols=want_cols)).result()
+
+    def _plan(
         self,
         row_docs: Sequence[Sequence[int]],
         col_docs: Sequence[Sequence[int]],
@@ -387,112 +404,36 @@ class LMScorer(BaseScorer):
         path: str,
         budget: int,
         want_cols: bool,
-    ) -> TileScores:
-        """One attempt at a tile on ``path``. Every pass adds −ln p into one device accumulator
-        (pairs, then rows, then columns), read back once at the end. Row documents are scored
-        when the path needs their prefixes or ``want_cols`` asks for C(x) and C(y)."""
-        import torch
-
-        from nncd_ray.scorers.lm.plan import DocumentItem, document_passes
-
-        n_rows, n_cols = len(row_docs), len(col_docs)
-        row_off, col_off = n_rows * n_cols, n_rows * n_cols + n_rows
-        accumulator = torch.zeros(col_off + n_cols, dtype=torch.float64, device=self.device)
-        b, e = self._bos, self._eos
-        runner = self._plain if path == "plain" else self._masked
-        assert runner is not None
-        columns = (
-            [DocumentItem(tokens=(b, *y, e), into=col_off + j) for j, y in enumerate(col_docs)]
-            if want_cols
-            else []
-        )
-        cached = path == "prefix-cached" and n_rows > 0 and n_cols > 0
-        if cached:
-            self._cached_pairs(row_docs, col_docs, columns, accumulator, budget)
-        else:
-            items = (
-                [DocumentItem(tokens=(b, *x, e), into=row_off + i) for i, x in enumerate(row_docs)]
-                if want_cols
-                else []
-            )
-            items += columns
-            items += [
-                DocumentItem(tokens=(b, *x, e, *y, e), into=i * n_cols + j)
-                for i, x in enumerate(row_docs)
-                for j, y in enumerate(col_docs)
-            ]
-            for plan in document_passes(items, self._pad, budget):
-                runner.run(plan, accumulator)
-        bits = accumulator.cpu().numpy() / _LN2  # the tile's one device -> host copy
-        row_bits = bits[row_off:col_off]
-        pair = bits[:row_off].reshape(n_rows, n_cols)
-        if cached:  # continuations hold C(y | x) only
-            pair = pair + row_bits[:, None]
-        return TileScores(row_bits=row_bits, col_bits=bits[col_off:], pair_bits=pair)
-
-    def _cached_pairs(
-        self,
-        row_docs: Sequence[Sequence[int]],
-        col_docs: Sequence[Sequence[int]],
-        columns: list[Any],
-        accumulator: torch.Tensor,
-        budget: int,
-    ) -> None:
-        """Rows' prefixes (with the columns' own documents) in document passes, then every
-        column after every row prefix in continuation passes, row group by row group."""
+    ) -> PreparedTile:
         from nncd_ray.scorers.lm.budget import prefix_capacity
-        from nncd_ray.scorers.lm.passes import PrefixStore
-        from nncd_ray.scorers.lm.plan import (
-            DocumentItem,
-            continuation_passes,
-            document_passes,
-            row_groups,
+        from nncd_ray.scorers.lm.tile import plan_tile
+
+        return plan_tile(
+            row_docs,
+            col_docs,
+            bos=self._bos,
+            eos=self._eos,
+            pad=self._pad,
+            path=path,
+            budget=budget,
+            want_cols=want_cols,
+            prefix_capacity=max(budget, prefix_capacity(self.model, self.device)),
         )
 
-        runner = self._masked
-        assert runner is not None
-        n_rows, n_cols = len(row_docs), len(col_docs)
-        b, e = self._bos, self._eos
-        row_off = n_rows * n_cols
-        (first_tokens,) = runner.to_device(
-            np.array([y[0] if y else e for y in col_docs], dtype=np.int64)
+    def _replan(self, prepared: PreparedTile) -> PreparedTile:
+        return self._plan(
+            prepared.row_docs,
+            prepared.col_docs,
+            path=prepared.path,
+            budget=self.token_budget,
+            want_cols=prepared.want_cols,
         )
-        pair_block = accumulator[:row_off].view(n_rows, n_cols)
-        prefix_lengths = np.array([len(x) + 2 for x in row_docs], dtype=np.int64)
-        nonempty = np.array([j for j, y in enumerate(col_docs) if y], dtype=np.int64)
-        capacity = max(budget, prefix_capacity(self.model, self.device))
-        room = max((len(y) for y in col_docs), default=0)
-        for group_index, group in enumerate(row_groups(prefix_lengths, capacity, room)):
-            store = PrefixStore(rows=len(group), slots=int(prefix_lengths[group].max()), room=room)
-            items = [
-                DocumentItem(
-                    tokens=(b, *row_docs[r], e), into=row_off + r, prefix_row=k, tile_row=r
-                )
-                for k, r in enumerate(group.tolist())
-            ]
-            if group_index == 0:
-                items += columns
-            for plan in document_passes(items, self._pad, budget):
-                runner.run(
-                    plan, accumulator, store=store, first_tokens=first_tokens, pair_block=pair_block
-                )
-            if not len(nonempty):
-                continue
-            store_rows = np.repeat(np.arange(len(group), dtype=np.int64), len(nonempty))
-            column_of = np.tile(nonempty, len(group))
-            into = group[store_rows] * n_cols + column_of
-            for plan in continuation_passes(
-                rows=store_rows,
-                columns=col_docs,
-                column_of=column_of,
-                into=into,
-                prefix_lengths=prefix_lengths[group],
-                final=e,
-                pad=self._pad,
-                budget=budget,
-            ):
-                runner.run(plan, accumulator, store=store)
-            del store
+
+    def _runner(self, path: str) -> PassRunner:
+        runner = self._plain if path == "plain" else self._masked
+        if runner is None:
+            raise ConfigError(f"path {path!r} is not available for this model")
+        return runner
 
 
 __all__ = ["PATHS", "TRUNCATION_POLICIES", "LMScorer"]
