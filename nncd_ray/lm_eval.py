@@ -29,7 +29,7 @@ from nncd_ray.errors import DatasetNotFound, DocumentTooLong, UnknownCompressor
 if TYPE_CHECKING:
     import torch
 
-    from nncd_ray.models import LoadedModel
+    from nncd_ray.scorers.lm.loading import LoadedModel
 
 CLASSICAL = ("gzip", "bz2", "lzma", "zstd")
 
@@ -214,7 +214,7 @@ def evaluate_model(
     """
     import torch
 
-    from nncd_ray.models import load_causal_lm
+    from nncd_ray.scorers.lm.loading import load_causal_lm
     from nncd_ray.training import load_books
 
     loaded = load_causal_lm(model, device=torch.device("cpu"), dtype=torch.float32)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from nncd_ray.errors import ConfigError, DatasetNotFound
-from nncd_ray.tiny_models import byte_level_bpe
+from nncd_ray.testing.tiny_models import byte_level_bpe
 from nncd_ray.training_docs import (
     IGNORE_INDEX,
     DocumentMix,

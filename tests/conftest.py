@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nncd_ray.tiny_models import build_tiny_model, read_text_lines
+from nncd_ray.testing.tiny_models import build_tiny_model, read_text_lines
 
 # ../shared/data beside the project root (never copied into the repo)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -19,7 +19,7 @@ from nncd_ray.codec import CodecConfig, LMCodec, lane_bounds, read_container
 from nncd_ray.codec.container import KIND_RAW, KIND_TEXT, Header, SegmentEntry, write_container
 from nncd_ray.codec.segments import segment_bytes, utf8_runs
 from nncd_ray.errors import CodecError
-from nncd_ray.models import LoadedModel, load_causal_lm
+from nncd_ray.scorers.lm.loading import LoadedModel, load_causal_lm
 
 GUTENBERG = Path(__file__).resolve().parents[2] / "shared" / "data" / "gutenberg"
 FALLBACK = (

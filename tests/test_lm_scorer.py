@@ -221,6 +221,7 @@ def test_batch_order_bounds_prefix_slots() -> None:
     with_prefix = batch_order(widths, np.full(4, 32), 16, pass_overhead=0)
     assert [len(b) for b in with_prefix] == [2, 2]
 
+
 def test_batch_order_minimises_padding() -> None:
     lengths = np.array([10] * 8 + [100] * 2)
     batches = batch_order(lengths, None, 1000, pass_overhead=0.001)
@@ -229,12 +230,13 @@ def test_batch_order_minimises_padding() -> None:
     assert batch_order(np.array([], dtype=np.int64), None, 100) == []
     assert [b.tolist() for b in batch_order(np.array([5, 1, 9]), None, 0)] == [[1], [0], [2]]
 
+
 def test_cache_keyword_follows_the_installed_transformers(cached: LMScorer) -> None:
     """transformers 5.24 renamed forward's ``past_key_values`` to ``cache``; both spellings of
     model and output are handled, and the installed model gets the one its forward takes."""
     import inspect
 
-    from nncd_ray.models import cache_argument, output_cache
+    from nncd_ray.scorers.lm.loading import cache_argument, output_cache
 
     class New:
         def forward(self, input_ids=None, cache=None, use_cache=None): ...

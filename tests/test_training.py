@@ -18,7 +18,7 @@ import torch
 
 from nncd_ray.errors import ConfigError, UnknownCompressor
 from nncd_ray.lm_eval import classical_bits, document_bits, heldout_bits
-from nncd_ray.models import embedded_model_dir, load_causal_lm
+from nncd_ray.scorers.lm.loading import embedded_model_dir, load_causal_lm
 from nncd_ray.training import (
     ModelShape,
     TrainConfig,

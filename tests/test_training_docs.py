@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nncd_ray.errors import ConfigError
-from nncd_ray.tiny_models import byte_level_bpe
+from nncd_ray.testing.tiny_models import byte_level_bpe
 from nncd_ray.training import TrainConfig, training_windows
 from nncd_ray.training_docs import (
     IGNORE_INDEX,

@@ -33,7 +33,7 @@ from nncd_ray.bench.machine import machine_info, peak_rss_bytes
 from nncd_ray.cli.train import DEFAULT_DATA
 from nncd_ray.codec import CodecConfig, LMCodec
 from nncd_ray.errors import ConfigError, InputError
-from nncd_ray.models import LoadedModel, embedded_model_dir, load_causal_lm
+from nncd_ray.scorers.lm.loading import LoadedModel, embedded_model_dir, load_causal_lm
 
 HELD_OUT_FRACTION = 0.05
 
@@ -75,7 +75,7 @@ def choose_model(model: str | None, workdir: Path) -> tuple[str | None, str]:
         return model, f"--model {model}"
     if (embedded_model_dir() / "config.json").exists():
         return None, "embedded model"
-    from nncd_ray.tiny_models import build_tiny_model, read_text_lines
+    from nncd_ray.testing.tiny_models import build_tiny_model, read_text_lines
 
     books = sorted(DEFAULT_DATA.glob("*.txt"))
     path = build_tiny_model(

@@ -264,7 +264,7 @@ def measure_rss(n: int, config: EngineBenchConfig, workdir: Path) -> dict[str, A
 
 
 def lm_model(config: EngineBenchConfig, workdir: Path) -> Path:
-    from nncd_ray.tiny_models import build_tiny_model, read_text_lines
+    from nncd_ray.testing.tiny_models import build_tiny_model, read_text_lines
 
     data = Path(config.data).expanduser().resolve()
     books = (data if data.is_dir() else data.parent).parent / "gutenberg"

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 
 from nncd_ray.bench.machine import machine_info, matmul_rate, peak_rss_bytes
-from nncd_ray.devices import resolve_device
 from nncd_ray.protocols import load_protocol
 from nncd_ray.scorers import make_scorer
 from nncd_ray.scorers.lm import LMScorer
-from nncd_ray.tiny_models import build_tiny_model, read_text_lines
+from nncd_ray.scorers.lm.devices import resolve_device
+from nncd_ray.testing.tiny_models import build_tiny_model, read_text_lines
 
 
 @dataclass(frozen=True, kw_only=True)

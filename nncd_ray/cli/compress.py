@@ -17,7 +17,7 @@ from typing import Any
 from nncd_ray.cli.common import positive_int
 from nncd_ray.codec.coder import CodecConfig
 from nncd_ray.codec.files import check_output, load_codec, read_input, write_output
-from nncd_ray.devices import DEVICES, DTYPES, resolve_device, resolve_dtype
+from nncd_ray.scorers.lm.devices import DEVICES, DTYPES, resolve_device, resolve_dtype
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

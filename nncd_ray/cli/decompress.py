@@ -16,7 +16,7 @@ from nncd_ray.cli.compress import add_model_arguments
 from nncd_ray.codec.coder import CodecConfig
 from nncd_ray.codec.container import read_container
 from nncd_ray.codec.files import check_output, load_codec, read_input, torch_dtype, write_output
-from nncd_ray.devices import DEVICES, DTYPES, resolve_device, resolve_dtype
+from nncd_ray.scorers.lm.devices import DEVICES, DTYPES, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 

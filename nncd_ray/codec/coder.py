@@ -40,7 +40,7 @@ from nncd_ray.errors import CodecError, ConfigError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from nncd_ray.models import LoadedModel
+    from nncd_ray.scorers.lm.loading import LoadedModel
 
     # codes one step: (step index, (lanes, vocab) float32 log-probs) -> (lanes,) tokens to feed
     _StepCoder = Callable[[int, np.ndarray], np.ndarray]

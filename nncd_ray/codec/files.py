@@ -92,7 +92,7 @@ def load_codec(
 ) -> LMCodec:
     """Load the model once and bind a codec to it (``model=None``: the embedded model)."""
     from nncd_ray.codec.coder import LMCodec
-    from nncd_ray.models import load_causal_lm
+    from nncd_ray.scorers.lm.loading import load_causal_lm
 
     loaded = load_causal_lm(
         model, device=device, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nncd_ray.models import cache_argument, output_cache
+from nncd_ray.scorers.lm.loading import cache_argument, output_cache
 
 if TYPE_CHECKING:
     import torch

@@ -1,7 +1,7 @@
 """The small language model shipped inside the package (``model/``; see ``MODEL_CARD.md``).
 
-``nncd_ray.models.load_causal_lm(None, ...)`` loads it; these helpers only locate its files and
-read how it was made, without importing torch.
+``nncd_ray.scorers.lm.loading.load_causal_lm(None, ...)`` loads it; these helpers only locate its
+files and read how it was made, without importing torch.
 """
 
 from __future__ import annotations

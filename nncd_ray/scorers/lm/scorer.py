@@ -46,7 +46,7 @@ from nncd_ray.scorers.base import BaseScorer, TileScores
 if TYPE_CHECKING:
     import torch
 
-    from nncd_ray.models import LoadedModel
+    from nncd_ray.scorers.lm.loading import LoadedModel
     from nncd_ray.scorers.lm.passes import PassRunner
     from nncd_ray.scorers.lm.tile import PendingTile, PreparedTile
 
@@ -89,8 +89,8 @@ class LMScorer(BaseScorer):
         trust_remote_code: bool = False,
         prefix_cache: bool = True,
     ) -> None:
-        from nncd_ray.devices import resolve_device, resolve_dtype
-        from nncd_ray.models import load_causal_lm
+        from nncd_ray.scorers.lm.devices import resolve_device, resolve_dtype
+        from nncd_ray.scorers.lm.loading import load_causal_lm
 
         if truncation not in TRUNCATION_POLICIES:
             raise ConfigError(
@@ -146,9 +146,9 @@ class LMScorer(BaseScorer):
     def _build_runners(self, prefix_cache: bool) -> None:
         import torch
 
-        from nncd_ray.models import cache_argument
         from nncd_ray.scorers.lm.attention import attention_layout
         from nncd_ray.scorers.lm.head import install_scoring_head
+        from nncd_ray.scorers.lm.loading import cache_argument
         from nncd_ray.scorers.lm.passes import PassCounters, PassRunner
 
         self.counters = PassCounters()

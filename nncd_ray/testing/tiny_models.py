@@ -3,8 +3,8 @@
 Nothing here downloads anything. A byte-level BPE tokenizer is trained with ``tokenizers`` on the
 texts given, a GPT-2 or Llama model is built from its config with deterministic random weights, and
 both are written with ``save_pretrained`` (safetensors), so ``AutoTokenizer`` /
-``AutoModelForCausalLM`` (and :func:`nncd_ray.models.load_causal_lm`) load the directory like any
-saved model.
+``AutoModelForCausalLM`` (and :func:`nncd_ray.scorers.lm.loading.load_causal_lm`) load the
+directory like any saved model.
 """
 
 from __future__ import annotations
