@@ -35,7 +35,9 @@ class LoadedModel:
 
 def embedded_model_dir() -> Path:
     """Directory of the model shipped inside the package."""
-    return Path(__file__).resolve().parent / "embedded" / "model"
+    from nncd_ray.embedded import model_dir
+
+    return model_dir()
 
 
 def weights_hash(directory: Path) -> str:
