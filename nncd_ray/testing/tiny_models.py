@@ -1,8 +1,8 @@
 """Small Hugging Face causal LMs built locally, with no network: for tests and benchmarks.
 
 Nothing here downloads anything. A byte-level BPE tokenizer is trained with ``tokenizers`` on the
-texts given, a GPT-2 or Llama model is built from its config with deterministic random weights, and
-both are written with ``save_pretrained`` (safetensors), so ``AutoTokenizer`` /
+texts given, a model of one of the tested families is built from its config with deterministic
+random weights, and both are written with ``save_pretrained`` (safetensors), so ``AutoTokenizer`` /
 ``AutoModelForCausalLM`` (and :func:`nncd_ray.scorers.lm.loading.load_causal_lm`) load the
 directory like any saved model.
 """
@@ -11,14 +11,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from nncd_ray.errors import ConfigError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
-Architecture = Literal["gpt2", "llama"]
+Architecture = Literal[
+    "gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "gpt_neox", "phi3"
+]
+# every architecture build_tiny_model can make (the model families the LM scorer is tested on)
+ARCHITECTURES: tuple[str, ...] = (
+    "gpt2",
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "gemma2",
+    "gemma3",
+    "gpt_neox",
+    "phi3",
+)
 
 BOS_TOKEN = "<|bos|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -105,6 +119,98 @@ def read_text_lines(paths: Sequence[Path], max_lines: int, min_chars: int = 20) 
     return lines
 
 
+def model_config(
+    arch: str,
+    *,
+    vocab: int,
+    special_ids: dict[str, Any],
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    n_kv_head: int | None = None,
+    n_positions: int,
+    intermediate_size: int | None = None,
+    activation: str | None = None,
+    sliding_window: int | None = None,
+) -> PretrainedConfig:
+    """A transformers config of architecture ``arch`` (one of :data:`ARCHITECTURES`) with the
+    given shape. ``n_kv_head`` defaults to half the heads (grouped-query attention) where the
+    architecture has it; ``sliding_window`` applies to every layer of Mistral and Phi-3 and to
+    every other layer of Gemma 2 and 3 (sliding, then full), as in the released models."""
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GPT2Config,
+        GPTNeoXConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
+
+    if n_embd % n_head != 0:
+        raise ConfigError(f"n_embd {n_embd} must be divisible by n_head {n_head}")
+    inner = intermediate_size or 4 * n_embd
+    if arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab,
+            n_positions=n_positions,
+            n_embd=n_embd,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_inner=intermediate_size,
+            activation_function=activation or "gelu_new",
+            **special_ids,
+        )
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=n_embd,
+            intermediate_size=inner,
+            num_hidden_layers=n_layer,
+            num_attention_heads=n_head,
+            max_position_embeddings=n_positions,
+            hidden_act=activation or "gelu",
+            **special_ids,
+        )
+    common: dict[str, Any] = {
+        "vocab_size": vocab,
+        "hidden_size": n_embd,
+        "intermediate_size": inner,
+        "num_hidden_layers": n_layer,
+        "num_attention_heads": n_head,
+        # grouped-query attention, as in the released models
+        "num_key_value_heads": n_kv_head or max(1, n_head // 2),
+        "max_position_embeddings": n_positions,
+        **special_ids,
+    }
+    if activation is not None:
+        common["hidden_act"] = activation
+    head_dim = n_embd // n_head
+    alternating = ["sliding_attention", "full_attention"] * ((n_layer + 1) // 2)
+    if arch == "llama":
+        return LlamaConfig(**common, tie_word_embeddings=False)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    if arch == "qwen3":
+        return Qwen3Config(**common, head_dim=head_dim)
+    if arch == "mistral":
+        return MistralConfig(**common, sliding_window=sliding_window)
+    if arch == "phi3":
+        return Phi3Config(**common, sliding_window=sliding_window)
+    if arch in ("gemma2", "gemma3"):
+        gemma = Gemma2Config if arch == "gemma2" else Gemma3TextConfig
+        layer_types = alternating[:n_layer] if sliding_window else ["full_attention"] * n_layer
+        return gemma(
+            **common,
+            head_dim=head_dim,
+            sliding_window=sliding_window or n_positions,
+            layer_types=layer_types,
+        )
+    raise ConfigError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+
+
 def build_tiny_model(
     out_dir: str | Path,
     *,
@@ -113,75 +219,75 @@ def build_tiny_model(
     n_layer: int = 2,
     n_embd: int = 64,
     n_head: int = 4,
+    n_kv_head: int | None = None,
     n_positions: int = 256,
     seed: int = 0,
     tokenizer_texts: Iterable[str] | None = None,
+    tokenizer_dir: str | Path | None = None,
     intermediate_size: int | None = None,
     activation: str | None = None,
+    sliding_window: int | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
 ) -> Path:
     """Build a randomly initialised causal LM plus its tokenizer in ``out_dir``; return the path.
 
-    ``n_embd`` is the hidden size (``hidden_size`` for Llama), ``n_positions`` the context length in
-    tokens. Weights come from ``torch.manual_seed(seed)``, so the same arguments give the same
-    files. The model's vocabulary is the tokenizer's actual size (BPE may learn fewer merges than
-    asked for on small texts). ``intermediate_size`` is the MLP width (default 4 × ``n_embd``);
-    ``activation`` a transformers activation name (default: the architecture's own, ``gelu_new``
-    for GPT-2, ``silu`` for Llama; ``gelu_pytorch_tanh`` is the same function as one fused kernel).
+    ``n_embd`` is the hidden size, ``n_positions`` the context length in tokens (see
+    :func:`model_config` for the architectures and ``sliding_window``). Weights come from
+    ``torch.manual_seed(seed)``, so the same arguments give the same files. The tokenizer is
+    trained on ``tokenizer_texts`` (or loaded from ``tokenizer_dir``, to share one between
+    models), and the model's vocabulary is its actual size (BPE may learn fewer merges than asked
+    for on small texts). ``intermediate_size`` is the MLP width (default 4 × ``n_embd``);
+    ``activation`` a transformers activation name (default: the architecture's own;
+    ``gelu_pytorch_tanh`` is GPT-2's ``gelu_new`` as one fused kernel). ``dtype`` is that of the
+    saved weights and ``device`` where they are initialised (a GPU initialises a 1 B-parameter
+    model in a second).
     """
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    if n_embd % n_head != 0:
-        raise ConfigError(f"n_embd {n_embd} must be divisible by n_head {n_head}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    texts = list(tokenizer_texts) if tokenizer_texts is not None else list(FALLBACK_TEXT)
-    tokenizer = train_bpe_tokenizer(texts, vocab_size, out)
-    vocab = len(tokenizer)
-    ids = {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    config: PretrainedConfig
-    if arch == "gpt2":
-        config = GPT2Config(
-            vocab_size=vocab,
-            n_positions=n_positions,
-            n_embd=n_embd,
-            n_layer=n_layer,
-            n_head=n_head,
-            n_inner=intermediate_size,
-            activation_function=activation or "gelu_new",
-            **ids,
-        )
-    elif arch == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=n_embd,
-            intermediate_size=intermediate_size or 4 * n_embd,
-            num_hidden_layers=n_layer,
-            num_attention_heads=n_head,
-            num_key_value_heads=max(1, n_head // 2),  # grouped-query attention, as in real Llamas
-            max_position_embeddings=n_positions,
-            tie_word_embeddings=False,
-            hidden_act=activation or "silu",
-            **ids,
-        )
+    tokenizer: PreTrainedTokenizerFast
+    if tokenizer_dir is not None:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
+        tokenizer.save_pretrained(str(out))
     else:
-        raise ConfigError(f"unknown architecture {arch!r}; choose 'gpt2' or 'llama'")
+        texts = list(tokenizer_texts) if tokenizer_texts is not None else list(FALLBACK_TEXT)
+        tokenizer = train_bpe_tokenizer(texts, vocab_size, out)
+    special_ids = {
+        "bos_token_id": int(tokenizer.bos_token_id),
+        "eos_token_id": int(tokenizer.eos_token_id),
+        "pad_token_id": int(tokenizer.pad_token_id),
+    }
+    config = model_config(
+        arch,
+        vocab=len(tokenizer),
+        special_ids=special_ids,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_kv_head=n_kv_head,
+        n_positions=n_positions,
+        intermediate_size=intermediate_size,
+        activation=activation,
+        sliding_window=sliding_window,
+    )
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     model.save_pretrained(str(out))
     return out
 
 
 __all__ = [
+    "ARCHITECTURES",
     "BOS_TOKEN",
     "EOS_TOKEN",
     "FALLBACK_TEXT",
     "PAD_TOKEN",
     "build_tiny_model",
+    "model_config",
     "read_text_lines",
     "train_bpe_tokenizer",
 ]
