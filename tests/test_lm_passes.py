@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from nncd_ray.errors import ConfigError
 from nncd_ray.protocols import load_protocol
 from nncd_ray.scorers.lm import LMScorer
 from nncd_ray.scorers.lm import passes as lm_passes
@@ -163,3 +164,40 @@ def test_scored_bytes_cover_the_kept_tokens(news_model: Path) -> None:
     assert short == len(b"ok then")
     kept = scorer.tokenizer.decode(scorer.encode([long_text])[0])
     assert cut == len(kept.encode("utf-8")) < len(long_text.encode("utf-8"))
+
+
+def test_half_precision_records_its_batch_plan(news_model: Path) -> None:
+    """bf16 rounding depends on batch shapes, so in bf16 the token budget and path are part of
+    the fingerprint (a resumed store never mixes tiles planned differently); in float32 they
+    change code lengths by rounding only and are not."""
+    small = LMScorer(str(news_model), device="cpu", dtype="bf16", token_budget=256)
+    large = LMScorer(str(news_model), device="cpu", dtype="bf16", token_budget=8192)
+    plan = small.fingerprint()["batch_plan"]
+    assert plan["token_budget"] == 256 and plan["path"] == "prefix-cached"
+    assert plan["device"] == "cpu" and small.fingerprint()["logits"] == "float32"
+    assert small.fingerprint() != large.fingerprint()
+    full = [LMScorer(str(news_model), device="cpu", token_budget=b) for b in (256, 8192)]
+    assert full[0].fingerprint() == full[1].fingerprint()
+    assert "batch_plan" not in full[0].fingerprint()
+
+
+def test_half_precision_does_not_shrink_its_budget(
+    news_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scorer = LMScorer(str(news_model), device="cpu", dtype="bf16", token_budget=4096)
+
+    def out_of_memory(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(lm_passes.PassRunner, "run", out_of_memory)
+    with pytest.raises(ConfigError, match="--token-budget 2048"):
+        scorer.score_tile(ROWS, COLS)
+    assert scorer.token_budget == 4096
+
+
+def test_embedded_model_is_float32_everywhere() -> None:
+    """The default model runs in float32 on any device (dtype auto), so a GPU gives the CPU's
+    code lengths and k-NN; bf16 would save nothing at 4.2 M parameters."""
+    scorer = LMScorer(None, device="cpu")
+    assert scorer.fingerprint()["dtype"] == "float32"
+    assert next(scorer.model.parameters()).dtype == torch.float32

@@ -15,6 +15,11 @@ import torch
 
 # default token budget on a CPU (tokens of padded input per forward pass)
 CPU_TOKEN_BUDGET = 8192
+# default budget on a GPU in half precision, where the batch plan is part of what a store
+# records (bf16 rounding depends on batch shapes): the same on every GPU with the memory for it,
+# derived from the device's total memory (not the free memory of the moment) when it has less
+HALF_TOKEN_BUDGET = 65536
+HALF_MEMORY_SHARE = 0.25
 # the GPU budget's bounds: below 4,096 tokens a pass is launch-bound, above 131,072 nothing is
 # gained (a pass already takes tens of milliseconds) while a misjudged estimate costs more
 GPU_MIN_BUDGET, GPU_MAX_BUDGET = 4096, 131072
@@ -55,16 +60,24 @@ def prefix_slot_bytes(config: Any, dtype: torch.dtype) -> int:
 
 
 def auto_token_budget(model: Any, device: torch.device, *, fused_head: bool) -> int:
-    """The default tokens per pass on ``device`` (a power of two)."""
+    """The default tokens per pass on ``device`` (a power of two).
+
+    float32 on a GPU: from the free memory (any budget gives the same numbers up to float32
+    rounding). Half precision on a GPU: :data:`HALF_TOKEN_BUDGET`, or less on a GPU whose total
+    memory is too small, so that every GPU of a kind plans the same batches. CPU: fixed.
+    """
     if device.type != "cuda":
         return CPU_TOKEN_BUDGET
-    free, _ = torch.cuda.mem_get_info(device)
     dtype = next(model.parameters()).dtype
     vocab = int(model.config.vocab_size)
     per_token = bytes_per_token(model.config, dtype, vocab=vocab, fused_head=fused_head)
-    tokens = int(free * PASS_MEMORY_SHARE // per_token)
+    free, total = torch.cuda.mem_get_info(device)
+    if dtype == torch.float32:
+        tokens, ceiling = int(free * PASS_MEMORY_SHARE // per_token), GPU_MAX_BUDGET
+    else:
+        tokens, ceiling = int(total * HALF_MEMORY_SHARE // per_token), HALF_TOKEN_BUDGET
     power = 1 << max(0, tokens.bit_length() - 1)
-    return max(GPU_MIN_BUDGET, min(GPU_MAX_BUDGET, power))
+    return max(GPU_MIN_BUDGET, min(ceiling, power))
 
 
 def prefix_capacity(model: Any, device: torch.device) -> int:
@@ -82,6 +95,7 @@ __all__ = [
     "CPU_TOKEN_BUDGET",
     "GPU_MAX_BUDGET",
     "GPU_MIN_BUDGET",
+    "HALF_TOKEN_BUDGET",
     "auto_token_budget",
     "bytes_per_token",
     "prefix_capacity",

@@ -24,6 +24,9 @@ from numpy.typing import NDArray
 
 IntArray = NDArray[np.int64]
 
+# names the planner's rules below: in half precision the batches a pair is scored in change its
+# code length by rounding, so a store records this with its token budget (see LMScorer)
+PLAN_VERSION = "width-bucket-dp/1"
 # cost of one prefix slot (a cached key/value a continuation attends to) relative to one input
 # token: it is gathered and attended to but runs through no projection or MLP
 PREFIX_WEIGHT = 0.125
@@ -294,6 +297,7 @@ def row_groups(prefix_lengths: IntArray, capacity: int, room: int = 0) -> list[I
 __all__ = [
     "MAX_CUTS",
     "PASS_OVERHEAD",
+    "PLAN_VERSION",
     "PREFIX_SLOTS_PER_TOKEN",
     "PREFIX_WEIGHT",
     "WIDTH_BUCKET",

@@ -104,6 +104,10 @@ class LMScorer(BaseScorer):
                 f"token_budget must be a positive integer or 'auto', not {token_budget!r}"
             )
         torch_device = resolve_device(device)
+        if dtype == "auto" and model in (None, "embedded"):
+            # 4.2 M parameters: half precision would save nothing, and float32 gives the same
+            # code lengths (and k-NN) on a GPU as on a CPU
+            dtype = "fp32"
         self.loaded: LoadedModel = load_causal_lm(
             model,
             device=torch_device,
@@ -246,10 +250,20 @@ class LMScorer(BaseScorer):
 
     # ---------------------------------------------------------------- public API
 
+    @property
+    def half_precision(self) -> bool:
+        return self.loaded.fingerprint["dtype"] != "float32"
+
     def fingerprint(self) -> dict[str, Any]:
         """What changes the numbers: weights, tokenizer, dtype, special tokens, truncation.
-        Device, token budget and path change them only by float rounding in float32."""
-        return {
+
+        In float32, device, token budget and path change code lengths only by float32 rounding
+        (≤ 1e-4 bits measured). In bf16/fp16 the rounding of the model's body depends on the
+        shapes of the batches a pair is scored in (up to ~0.7 bits on the embedded model), so the
+        batch plan is part of the fingerprint: path, token budget, planner version and device
+        kind; a store then never mixes tiles planned differently.
+        """
+        fingerprint: dict[str, Any] = {
             "compressor": self.name,
             **self.loaded.fingerprint,
             "bos_id": self._bos,
@@ -258,6 +272,24 @@ class LMScorer(BaseScorer):
             "truncation": self.truncation,
             "code": "C(x)=[b]x[e]; C(xy)=[b]x[e]y[e]; float32 log-softmax; bits",
         }
+        if self.half_precision:
+            from nncd_ray.scorers.lm.plan import PLAN_VERSION
+
+            fingerprint["logits"] = "float32"
+            fingerprint["batch_plan"] = {
+                "path": self.path,
+                "token_budget": self.token_budget,
+                "planner": PLAN_VERSION,
+                "device": self._device_kind(),
+            }
+        return fingerprint
+
+    def _device_kind(self) -> str:
+        if self.device.type != "cuda":
+            return self.device.type
+        import torch
+
+        return f"cuda:{torch.cuda.get_device_name(self.device)}"
 
     def document_bits(self, texts: Sequence[str]) -> NDArray[np.float64]:
         """C(x) of each text: ``(len(texts),) float64`` bits."""
@@ -381,7 +413,16 @@ class LMScorer(BaseScorer):
             try:
                 with torch.inference_mode():
                     pending = launch_tile(prepared, self._runner(prepared.path))
-            except torch.OutOfMemoryError:
+            except torch.OutOfMemoryError as exc:
+                if self.half_precision:
+                    # the budget is part of the store's fingerprint here: it cannot shrink
+                    raise ConfigError(
+                        f"out of device memory at a token budget of {self.token_budget} in "
+                        f"{self.loaded.fingerprint['dtype']}; there the batch plan is part of "
+                        "the store's fingerprint, so it cannot shrink within a job: start a new "
+                        f"store with --token-budget {self.token_budget // 2}, or use --dtype "
+                        "fp32 (whose budget adapts)"
+                    ) from exc
                 if self.token_budget <= _SMALLEST_BUDGET:
                     raise
                 self.token_budget //= 2
