@@ -31,7 +31,7 @@ from nncd_ray.tiling import Tile, TilePlan
 from nncd_ray.worker import TileWorker
 
 if TYPE_CHECKING:
-    from nncd_ray.corpus import Corpus
+    from nncd_ray.data.corpus import Corpus
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from nncd_ray.worker import TileResult, TileWorker
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from nncd_ray.corpus import Corpus
+    from nncd_ray.data.corpus import Corpus
     from nncd_ray.engine import MatrixConfig
     from nncd_ray.lease import Lease
     from nncd_ray.progress import JobBook

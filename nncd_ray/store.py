@@ -47,7 +47,7 @@ from nncd_ray.store_errors import maps_store_errors
 from nncd_ray.tiling import Tile, TilePlan
 
 if TYPE_CHECKING:
-    from nncd_ray.corpus import Corpus, Label
+    from nncd_ray.data.corpus import Corpus, Label
 
 FORMAT = "nncd-matrix/1"
 # ids and labels are written once, up front, by one process: big chunks, few objects

@@ -81,7 +81,7 @@ def parse_compressors(text: str) -> tuple[CompressorChoice, ...]:
 class StudyConfig:
     """A study run."""
 
-    # a PROTOCOL.md split name (nncd_ray.protocols.PROTOCOLS) and the AG News test.csv it reads
+    # a PROTOCOL.md split name (nncd_ray.data.protocols.PROTOCOLS) and the AG News test.csv it reads
     protocol: str
     data: str
     compressors: tuple[CompressorChoice, ...]
@@ -333,8 +333,8 @@ def _row(choice: CompressorChoice, store: str, summary: Any, report: EvaluationR
 
 def run_study(config: StudyConfig) -> StudyResult:
     """Compute (or resume) every compressor's matrix, classify, write the table and plots."""
+    from nncd_ray.data.protocols import load_protocol
     from nncd_ray.engine import MatrixConfig, compute_matrix
-    from nncd_ray.protocols import load_protocol
 
     ks = check_ks(config.ks)
     split = load_protocol(config.protocol, config.data)

@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from paths import GUTENBERG
 
 from nncd_ray.testing.tiny_models import build_tiny_model, read_text_lines
-
-# ../shared/data beside the project root (never copied into the repo)
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def tokenizer_training_lines(max_lines: int = 400) -> list[str]:
     """A few hundred lines of Gutenberg text; the built-in fallback text when the data is absent."""
-    books = sorted((SHARED_DATA / "gutenberg").glob("*.txt"))
+    books = sorted(GUTENBERG.glob("*.txt"))
     return read_text_lines(books, max_lines)  # empty -> build_tiny_model's built-in text
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from nncd_ray.corpus import Corpus
+from nncd_ray.data.corpus import Corpus
 from nncd_ray.scorers import ScorerSpec, make_scorer
 from nncd_ray.scorers.synthetic import text_checksum
 from nncd_ray.store import MatrixStore

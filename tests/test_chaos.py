@@ -29,7 +29,7 @@ import pytest
 from engine_helpers import assert_store_matches, corpus, tile_calls
 
 from nncd_ray.cli.main import main
-from nncd_ray.corpus import Corpus
+from nncd_ray.data.corpus import Corpus
 from nncd_ray.ray_reaper import cluster_pids
 from nncd_ray.scorers import ScorerSpec
 from nncd_ray.store import MatrixStore

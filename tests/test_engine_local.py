@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nncd_ray.cli.main import main
-from nncd_ray.corpus import Corpus
+from nncd_ray.data.corpus import Corpus
 from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.errors import ClusterError, ConfigError, StoreMismatch, TileFailed
 from nncd_ray.lease import Lease

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import assert_store_matches, corpus, private_ray, tile_calls
 
-from nncd_ray.corpus import Corpus
+from nncd_ray.data.corpus import Corpus
 from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.errors import ClusterError, StoreLocked, StoreMismatch, TileFailed
 from nncd_ray.lease import Lease

@@ -15,7 +15,7 @@ import pytest
 from engine_helpers import corpus, private_ray
 
 from nncd_ray.cli.main import main
-from nncd_ray.corpus import Corpus
+from nncd_ray.data.corpus import Corpus
 from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.errors import DocumentTooLong, InputError, StoreError, TileFailed
 from nncd_ray.failures import (

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from nncd_ray.data.protocols import load_protocol
 from nncd_ray.errors import ConfigError
-from nncd_ray.protocols import load_protocol
 from nncd_ray.scorers.lm import LMScorer
 from nncd_ray.scorers.lm import passes as lm_passes
 from nncd_ray.scorers.lm.loading import embedded_model_dir

@@ -13,7 +13,7 @@ import pytest
 from engine_helpers import assert_store_matches, corpus, private_ray
 
 from nncd_ray.cli.status import store_status
-from nncd_ray.corpus import Corpus
+from nncd_ray.data.corpus import Corpus
 from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.errors import StoreLocked, TileFailed
 from nncd_ray.lease import Lease

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-from nncd_ray.corpus import Corpus
+from nncd_ray.data.corpus import Corpus
 from nncd_ray.errors import StoreError, StoreLocked, StoreMismatch, StoreNotFound
 from nncd_ray.lease import Lease, LeaseInfo, lease_url
 from nncd_ray.store import FORMAT, MatrixStore, fingerprint_differences

@@ -214,7 +214,7 @@ def test_a_store_from_c8ebf8c_is_still_read_verified_and_resumed(
         "oil prices and stock markets",
         "the coach of the team",
     ]
-    from nncd_ray.corpus import Corpus
+    from nncd_ray.data.corpus import Corpus
 
     docs = Corpus.from_texts(texts, ids=[f"d{i}" for i in range(6)], labels=[0, 1, 2, 0, 1, 2])
     summary = compute_matrix(job(path), docs)

@@ -19,7 +19,7 @@ import zarr
 
 from nncd_ray.cli import score as score_cli
 from nncd_ray.cli.main import main
-from nncd_ray.corpus import Corpus
+from nncd_ray.data.corpus import Corpus
 from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.evaluate import EvaluationConfig, evaluate_store
 from nncd_ray.scorers import ScorerSpec, make_scorer

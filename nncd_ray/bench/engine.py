@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nncd_ray.corpus import Corpus
+from nncd_ray.data.agnews import default_data_path
+from nncd_ray.data.corpus import Corpus
+from nncd_ray.data.protocols import load_protocol
 from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.progress import MatrixSummary
-from nncd_ray.protocols import default_data_path, load_protocol
 from nncd_ray.scorers import ScorerSpec, make_scorer
 from nncd_ray.tiling import TilePlan
 

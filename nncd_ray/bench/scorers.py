@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from nncd_ray.bench.machine import machine_info, matmul_rate, peak_rss_bytes
-from nncd_ray.protocols import load_protocol
+from nncd_ray.data.protocols import load_protocol
 from nncd_ray.scorers import make_scorer
 from nncd_ray.scorers.lm import LMScorer
 from nncd_ray.scorers.lm.devices import resolve_device

@@ -15,16 +15,17 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from nncd_ray.corpus import Corpus
-from nncd_ray.data import (
+from nncd_ray.data.agnews import DATA_ENV, agnews_path
+from nncd_ray.data.corpus import Corpus
+from nncd_ray.data.loading import (
     DEFAULT_ID_FIELD,
     DEFAULT_LABEL_FIELD,
     DEFAULT_TEXT_FIELDS,
     FORMATS,
     load_corpus,
 )
+from nncd_ray.data.protocols import PROTOCOLS, load_protocol
 from nncd_ray.errors import ConfigError
-from nncd_ray.protocols import DATA_ENV, PROTOCOLS, agnews_path, load_protocol
 from nncd_ray.scorers import CLASSICAL, ScorerSpec, available
 from nncd_ray.scorers.classical import LEVELS
 

@@ -34,7 +34,7 @@ from nncd_ray.cli.common import (
     progress,
     scorer_spec_from_args,
 )
-from nncd_ray.corpus import Corpus
+from nncd_ray.data.corpus import Corpus
 from nncd_ray.errors import ConfigError
 from nncd_ray.ncd import ncd_matrix
 from nncd_ray.scorers import BaseScorer, make_scorer

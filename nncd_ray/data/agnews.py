@@ -1,6 +1,10 @@
-"""AG News from the Hugging Face hub, for ``--protocol`` when no local copy is found.
+"""The AG News test set: where it is found, how it is read, and fetching it from the hub.
 
-The benchmark splits (:mod:`nncd_ray.protocols`) read the AG News test set as the original CSV:
+:func:`agnews_path` finds the CSV for ``--protocol`` (``--data``, ``$NNCD_AGNEWS``,
+``../shared/data/agnews/test.csv``, else the user cache, fetched from the Hugging Face hub the
+first time) and :func:`load_agnews` reads it as one corpus.
+
+The benchmark splits (:mod:`nncd_ray.data.protocols`) read the AG News test set as the original CSV:
 no header, columns ``label,title,description`` with 1-based labels (1 World, 2 Sports,
 3 Business, 4 Sci/Tech), and document text ``title + " " + description``. The hub's
 ``fancyzhx/ag_news`` (formerly ``ag_news``) holds the same 7,600 test documents in file order,
@@ -29,10 +33,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from nncd_ray.data.corpus import Corpus
+from nncd_ray.data.loading import load_corpus
 from nncd_ray.errors import DatasetNotFound, InputError
 
 log = logging.getLogger(__name__)
 
+# environment variable naming the AG News test.csv (or its folder) for --protocol without --data
+DATA_ENV = "NNCD_AGNEWS"
 # environment variable naming the cache directory (default: $XDG_CACHE_HOME/nncd_ray)
 CACHE_ENV = "NNCD_CACHE_DIR"
 # hub dataset ids to try, in order (the second is the old name, redirected by the hub)
@@ -212,8 +220,6 @@ def fetch_agnews(
 
 def _check_fetched(path: Path, rows: int) -> None:
     """Warn when the fetched documents are not those the project's figures were measured on."""
-    from nncd_ray.protocols import load_agnews
-
     digest = load_agnews(path).content_hash()
     if rows != AGNEWS_TEST_ROWS or digest != AGNEWS_TEST_CONTENT_HASH:
         log.warning(
@@ -228,15 +234,59 @@ def _check_fetched(path: Path, rows: int) -> None:
         )
 
 
+def default_data_path() -> Path | None:
+    """``$NNCD_AGNEWS`` if set, else ``../shared/data/agnews/test.csv`` (from the working
+    directory) when it exists, else None."""
+    configured = os.environ.get(DATA_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    conventional = Path("..") / "shared" / "data" / "agnews" / "test.csv"
+    return conventional if conventional.exists() else None
+
+
+def agnews_path(
+    data: str | Path | None = None, *, announce: Callable[[str], None] | None = None
+) -> Path:
+    """The AG News test CSV for ``--protocol``: ``data`` when given, else ``$NNCD_AGNEWS``, else
+    ``../shared/data/agnews/test.csv``, else the user cache, fetched from the Hugging Face hub
+    the first time (:func:`fetch_agnews`; ``announce`` gets one line before
+    a download). Raises DatasetNotFound in one line when none of these works."""
+    if data is not None:
+        return Path(data).expanduser()
+    local = default_data_path()
+    if local is not None:
+        return local
+    return fetch_agnews(announce=announce)
+
+
+def load_agnews(path: str | Path) -> Corpus:
+    """The whole AG News CSV (a file, or the folder holding ``test.csv``) as one corpus."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "test.csv"
+    if not file.exists():
+        raise DatasetNotFound(
+            f"AG News file not found: {file}; pass --data PATH/TO/agnews/test.csv (or set "
+            f"{DATA_ENV})"
+        )
+    return load_corpus(
+        file, format="csv", text_fields=("2", "3"), label_field="1", id_field=None, header=False
+    )
+
+
 __all__ = [
     "AGNEWS_TEST_CONTENT_HASH",
     "CACHE_ENV",
+    "DATA_ENV",
     "HUB_DATASETS",
+    "agnews_path",
     "agnews_rows",
     "cache_dir",
     "cached_agnews_path",
+    "default_data_path",
     "fetch_agnews",
     "hub_loader",
+    "load_agnews",
     "offline_variable",
     "write_agnews_csv",
 ]

@@ -13,21 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import AGNEWS_CSV
 
-from nncd_ray.agnews_fetch import (
+from nncd_ray.cli.main import main
+from nncd_ray.data.agnews import (
     AGNEWS_TEST_CONTENT_HASH,
     CACHE_ENV,
+    DATA_ENV,
     OFFLINE_VARIABLES,
+    agnews_path,
     agnews_rows,
     cached_agnews_path,
     fetch_agnews,
+    load_agnews,
     write_agnews_csv,
 )
-from nncd_ray.cli.main import main
+from nncd_ray.data.protocols import load_protocol
 from nncd_ray.errors import DatasetNotFound, InputError
-from nncd_ray.protocols import DATA_ENV, agnews_path, load_agnews, load_protocol
 
-SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews" / "test.csv"
+SHARED_CSV = AGNEWS_CSV
 
 
 def hub_records(path: Path) -> list[dict[str, Any]]:
@@ -172,7 +176,7 @@ def test_unreachable_hub_fails_fast_without_retries(
     for name in (*OFFLINE_VARIABLES, "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr("nncd_ray.agnews_fetch.hub_loader", FakeHub([], serves="never called"))
+    monkeypatch.setattr("nncd_ray.data.agnews.hub_loader", FakeHub([], serves="never called"))
     with pytest.raises(DatasetNotFound, match=r"cannot connect to 127\.0\.0\.1:9") as caught:
         agnews_path(None)
     assert "retry with network access" in str(caught.value)
@@ -198,8 +202,8 @@ def test_matrix_runs_from_a_fetched_copy(
     for name in OFFLINE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     hub = FakeHub(hub_records(SHARED_CSV))
-    monkeypatch.setattr("nncd_ray.agnews_fetch.hub_loader", hub)
-    monkeypatch.setattr("nncd_ray.agnews_fetch.hub_unreachable", lambda: None)
+    monkeypatch.setattr("nncd_ray.data.agnews.hub_loader", hub)
+    monkeypatch.setattr("nncd_ray.data.agnews.hub_unreachable", lambda: None)
     assert agnews_path(None) == cached_agnews_path() and hub.calls == ["fancyzhx/ag_news"]
     code = main(
         [

@@ -1,4 +1,4 @@
-"""Reading documents from files into a :class:`~nncd_ray.corpus.Corpus`.
+"""Reading documents from files into a :class:`~nncd_ray.data.corpus.Corpus`.
 
 Formats: JSON lines (``.jsonl``, ``.ndjson``, ``.json``; a ``.json`` file may also hold one JSON
 array of objects), delimited text (``.csv``, ``.tsv``), Parquet (``.parquet``, via pyarrow) and
@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from nncd_ray.corpus import Corpus, Label
-from nncd_ray.data_tables import FieldSpec, Table, read_delimited, read_hf, read_parquet
+from nncd_ray.data.corpus import Corpus, Label
+from nncd_ray.data.tables import FieldSpec, Table, read_delimited, read_hf, read_parquet
 from nncd_ray.errors import DatasetNotFound, InputError
 
 

@@ -13,17 +13,12 @@ so this is the line number minus one) — the same ids ``load_corpus`` gives the
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nncd_ray.corpus import Corpus
-from nncd_ray.data import load_corpus
-from nncd_ray.errors import ConfigError, DatasetNotFound, InputError
-
-# environment variable naming the AG News test.csv (or its folder) for --protocol without --data
-DATA_ENV = "NNCD_AGNEWS"
+from nncd_ray.data.agnews import load_agnews
+from nncd_ray.data.corpus import Corpus
+from nncd_ray.errors import ConfigError, InputError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,48 +66,6 @@ PROTOCOLS: dict[str, Protocol] = {
         ),
     )
 }
-
-
-def default_data_path() -> Path | None:
-    """``$NNCD_AGNEWS`` if set, else ``../shared/data/agnews/test.csv`` (from the working
-    directory) when it exists, else None."""
-    configured = os.environ.get(DATA_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    conventional = Path("..") / "shared" / "data" / "agnews" / "test.csv"
-    return conventional if conventional.exists() else None
-
-
-def agnews_path(
-    data: str | Path | None = None, *, announce: Callable[[str], None] | None = None
-) -> Path:
-    """The AG News test CSV for ``--protocol``: ``data`` when given, else ``$NNCD_AGNEWS``, else
-    ``../shared/data/agnews/test.csv``, else the user cache, fetched from the Hugging Face hub
-    the first time (:func:`nncd_ray.agnews_fetch.fetch_agnews`; ``announce`` gets one line before
-    a download). Raises DatasetNotFound in one line when none of these works."""
-    if data is not None:
-        return Path(data).expanduser()
-    local = default_data_path()
-    if local is not None:
-        return local
-    from nncd_ray.agnews_fetch import fetch_agnews
-
-    return fetch_agnews(announce=announce)
-
-
-def load_agnews(path: str | Path) -> Corpus:
-    """The whole AG News CSV (a file, or the folder holding ``test.csv``) as one corpus."""
-    file = Path(path).expanduser()
-    if file.is_dir():
-        file = file / "test.csv"
-    if not file.exists():
-        raise DatasetNotFound(
-            f"AG News file not found: {file}; pass --data PATH/TO/agnews/test.csv (or set "
-            f"{DATA_ENV})"
-        )
-    return load_corpus(
-        file, format="csv", text_fields=("2", "3"), label_field="1", id_field=None, header=False
-    )
 
 
 def split_positions(
@@ -165,13 +118,9 @@ def load_protocol(name: str, path: str | Path) -> ProtocolSplit:
 
 
 __all__ = [
-    "DATA_ENV",
     "PROTOCOLS",
     "Protocol",
     "ProtocolSplit",
-    "agnews_path",
-    "default_data_path",
-    "load_agnews",
     "load_protocol",
     "split_positions",
 ]

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nncd_ray.data import infer_format, load_corpus, normalise_labels, split_fields
+from nncd_ray.data.loading import infer_format, load_corpus, normalise_labels, split_fields
 from nncd_ray.errors import DatasetNotFound, InputError
 
 AGNEWS_LIKE = (

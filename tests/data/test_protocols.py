@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import AGNEWS_CSV
 
+from nncd_ray.data.protocols import PROTOCOLS, load_protocol
 from nncd_ray.errors import ConfigError, DatasetNotFound, InputError
 from nncd_ray.ncd import corpus_bits_per_byte, ncd_matrix
-from nncd_ray.protocols import PROTOCOLS, load_protocol
 from nncd_ray.scorers.classical import GzipScorer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-AGNEWS = REPO_ROOT.parent / "shared" / "data" / "agnews" / "test.csv"
+AGNEWS = AGNEWS_CSV
 needs_agnews = pytest.mark.skipif(
     not AGNEWS.exists(), reason=f"AG News test.csv not found at {AGNEWS} (../shared/data)"
 )

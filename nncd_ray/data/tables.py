@@ -1,4 +1,5 @@
-"""Tabular readers behind :func:`nncd_ray.data.load_corpus`: delimited text, Parquet, HF datasets.
+"""Tabular readers behind :func:`nncd_ray.data.loading.load_corpus`: delimited text, Parquet,
+HF datasets.
 
 Each reader resolves the wanted fields (names, or 1-based column numbers) against the table's
 columns and returns a :class:`Table`: one list of raw values per row, tagged with where the row came

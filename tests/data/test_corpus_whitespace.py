@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from nncd_ray.cli.main import main
-from nncd_ray.corpus import Corpus
-from nncd_ray.data import load_corpus
+from nncd_ray.data.corpus import Corpus
+from nncd_ray.data.loading import load_corpus
 from nncd_ray.errors import InputError
 
 

@@ -1,0 +1,12 @@
+"""Where tests find the checkout and the shared data, wherever in ``tests/`` they live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# the project's checkout (holds nncd_ray/, jobs/, cluster/, docs/)
+ROOT = Path(__file__).resolve().parents[1]
+# ../shared/data beside the checkout (never copied into the repo)
+SHARED_DATA = ROOT.parent / "shared" / "data"
+AGNEWS_CSV = SHARED_DATA / "agnews" / "test.csv"
+GUTENBERG = SHARED_DATA / "gutenberg"
