@@ -117,7 +117,9 @@ def _to_implementation(mask: torch.Tensor, layout: AttentionLayout, dtype: torch
     if layout.implementation == "sdpa":
         return mask
     # eager attention adds the mask to the scores: 0 where visible, the dtype's minimum elsewhere
-    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=mask.device)
+    # (torch.full, not torch.tensor: a tensor built from a Python number on a GPU is a copy that
+    # waits for the device)
+    blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=mask.device)
     return torch.where(mask, torch.zeros((), dtype=dtype, device=mask.device), blocked)
 
 
