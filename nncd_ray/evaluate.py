@@ -16,10 +16,10 @@ An incomplete matrix is refused (:class:`~nncd_ray.errors.IncompleteMatrix`) unl
 ``allow_partial``; then only rows whose every needed tile is done are classified, and the report
 lists the rows skipped.
 
-Everything read is checked (:mod:`nncd_ray.integrity`): a chunk that fails to decode (checksum,
-codec) or a done tile holding NaN, infinite or negative code lengths is refused with
+Everything read is checked (:mod:`nncd_ray.matrix.store.integrity`): a chunk that fails to decode
+(checksum, codec) or a done tile holding NaN, infinite or negative code lengths is refused with
 :class:`~nncd_ray.errors.CorruptTile`, one line naming the tile, its cells and the fix. Bits per
-byte divides by the bytes each code length covers (:mod:`nncd_ray.truncation`).
+byte divides by the bytes each code length covers (:mod:`nncd_ray.matrix.store.truncation`).
 """
 
 from __future__ import annotations
@@ -41,15 +41,6 @@ from nncd_ray.errors import (
     StoreError,
     StoreNotFound,
 )
-from nncd_ray.integrity import (
-    UndecodableChunk,
-    code_length_problem,
-    corrupt_array_error,
-    corrupt_tile_error,
-    fix_hint,
-    read_cells,
-    tile_problem,
-)
 from nncd_ray.knn import (
     HUBNESS_REDUCTIONS,
     ColumnMoments,
@@ -61,10 +52,19 @@ from nncd_ray.knn import (
     row_moments,
 )
 from nncd_ray.knn_report import EvaluationReport
+from nncd_ray.matrix.store.integrity import (
+    UndecodableChunk,
+    code_length_problem,
+    corrupt_array_error,
+    corrupt_tile_error,
+    fix_hint,
+    read_cells,
+    tile_problem,
+)
+from nncd_ray.matrix.store.storage_errors import store_errors
+from nncd_ray.matrix.store.truncation import count_sides, group_bytes
+from nncd_ray.matrix.tiling import TilePlan
 from nncd_ray.ncd import VARIANTS, bits_per_byte, corpus_bits_per_byte, ncd_matrix
-from nncd_ray.store_errors import store_errors
-from nncd_ray.tiling import TilePlan
-from nncd_ray.truncation import count_sides, group_bytes
 
 FORMAT = "nncd-matrix/1"
 # default memory budget of one float64 block of distances; NCD and k-NN hold up to ~10 such
@@ -405,8 +405,8 @@ def compression_summary(view: StoreView) -> dict[str, Any]:
     agnews-small gzip 6.079). ``bits_per_byte_mean_doc``: the unweighted mean of per-document rates.
     The bytes are those each code length covers (``*_scored_bytes``): all of a document unless the
     compressor truncated it; ``truncation`` counts the truncated documents
-    (:class:`~nncd_ray.truncation.TruncationCount`); stores without scored bytes use the
-    documents' full bytes (``truncation.recorded`` false). Documents whose C(x) is not computed
+    (:class:`~nncd_ray.matrix.store.truncation.TruncationCount`); stores without scored bytes use
+    the documents' full bytes (``truncation.recorded`` false). Documents whose C(x) is not computed
     yet (NaN) are left out and not counted in ``n_documents``. Also given separately for ``rows``
     and ``cols``.
     """

@@ -13,7 +13,7 @@ JSON (``EvaluationReport.to_dict``)::
 
 Bits per byte divides by the bytes each code length covers; ``documents_truncated`` counts the
 documents the compressor cut (``compression.truncation`` has the bytes, see
-:mod:`nncd_ray.truncation`) and ``truncation_note`` (or null) says so in one line.
+:mod:`nncd_ray.matrix.store.truncation`) and ``truncation_note`` (or null) says so in one line.
 
 ``accuracy_95ci`` is the Wilson score interval; ``hubness`` describes how unevenly the references
 serve as neighbours (:class:`nncd_ray.knn.Hubness`): the skewness of their k-occurrence, the most
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from nncd_ray.knn import Hubness, KNNMetrics
-from nncd_ray.truncation import TruncationCount
+from nncd_ray.matrix.store.truncation import TruncationCount
 
 # A reference that is the nearest neighbour of this share of the queries (and of at least
 # HUB_MIN_QUERIES of them) gets a note: with four balanced classes it alone decides a tenth of the
@@ -113,8 +113,8 @@ class EvaluationReport:
 
     @property
     def truncation(self) -> dict[str, Any]:
-        """:class:`~nncd_ray.truncation.TruncationCount` as a dict (empty for reports built
-        without one)."""
+        """:class:`~nncd_ray.matrix.store.truncation.TruncationCount` as a dict (empty for reports
+        built without one)."""
         value = self.compression.get("truncation")
         return dict(value) if isinstance(value, dict) else {}
 

@@ -334,7 +334,7 @@ def _row(choice: CompressorChoice, store: str, summary: Any, report: EvaluationR
 def run_study(config: StudyConfig) -> StudyResult:
     """Compute (or resume) every compressor's matrix, classify, write the table and plots."""
     from nncd_ray.data.protocols import load_protocol
-    from nncd_ray.engine import MatrixConfig, compute_matrix
+    from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
 
     ks = check_ks(config.ks)
     split = load_protocol(config.protocol, config.data)

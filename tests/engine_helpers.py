@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from nncd_ray.data.corpus import Corpus
+from nncd_ray.matrix.store.matrix_store import MatrixStore
+from nncd_ray.matrix.tiling import TilePlan
 from nncd_ray.scorers import ScorerSpec, make_scorer
 from nncd_ray.scorers.synthetic import text_checksum
-from nncd_ray.store import MatrixStore
-from nncd_ray.tiling import TilePlan
 
 WORDS = [
     "stocks",

@@ -1,7 +1,7 @@
 """Build matrix stores with plain zarr in the public layout (DESIGN.md §5), for k-NN tests.
 
-Independent of ``nncd_ray.store`` on purpose: the k-NN stage must read any store that follows the
-documented layout, not just the ones this project's writer makes.
+Independent of ``nncd_ray.matrix.store.matrix_store`` on purpose: the k-NN stage must read any store
+that follows the documented layout, not just the ones this project's writer makes.
 """
 
 from __future__ import annotations

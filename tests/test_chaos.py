@@ -30,9 +30,9 @@ from engine_helpers import assert_store_matches, corpus, tile_calls
 
 from nncd_ray.cli.main import main
 from nncd_ray.data.corpus import Corpus
-from nncd_ray.ray_reaper import cluster_pids
+from nncd_ray.matrix.cluster.reaper import cluster_pids
+from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.scorers import ScorerSpec
-from nncd_ray.store import MatrixStore
 
 # 48-51 s for the module on 2 busy cores (cluster start included): in the default run
 pytestmark = pytest.mark.ray

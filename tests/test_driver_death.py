@@ -1,9 +1,9 @@
 """A private Ray cluster dies with its driver (issue 20, defect 3), and is quiet (defect 10).
 
 Processes of a cluster are found by its temp dir (command line, open files, working directory:
-:func:`nncd_ray.ray_reaper.cluster_pids`), so these tests only ever look at, and in their cleanup
-only ever end, processes of the clusters they started themselves. Each test gives its drivers a
-parent directory of their own through ``$NNCD_RAY_TMPDIR``.
+:func:`nncd_ray.matrix.cluster.reaper.cluster_pids`), so these tests only ever look at, and in their
+cleanup only ever end, processes of the clusters they started themselves. Each test gives its
+drivers a parent directory of their own through ``$NNCD_RAY_TMPDIR``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from engine_helpers import corpus
 
-from nncd_ray.private_cluster import TMPDIR_ENV
-from nncd_ray.ray_reaper import cluster_pids, end_cluster
+from nncd_ray.matrix.cluster.private_cluster import TMPDIR_ENV
+from nncd_ray.matrix.cluster.reaper import cluster_pids, end_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 # Ray's socket paths must stay short: the drivers' temp dirs go under /tmp
@@ -117,7 +117,7 @@ def test_watchdog_ends_the_cluster_when_its_driver_is_sigkilled(ray_parent: Path
     driver_code = textwrap.dedent(
         f"""
         import subprocess, sys, tempfile, time
-        from nncd_ray.private_cluster import Watchdog
+        from nncd_ray.matrix.cluster.private_cluster import Watchdog
         directory = tempfile.mkdtemp(prefix="nncd-ray-", dir={str(ray_parent)!r})
         watchdog = Watchdog(directory)
         child = subprocess.Popen(["sleep", "300"], cwd=directory, start_new_session=True)

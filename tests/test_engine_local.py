@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from nncd_ray.cli.main import main
 from nncd_ray.data.corpus import Corpus
-from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.errors import ClusterError, ConfigError, StoreMismatch, TileFailed
-from nncd_ray.lease import Lease
+from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.store.lease import Lease
+from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.scorers import ScorerSpec
-from nncd_ray.store import MatrixStore
 
 SYNTHETIC = ScorerSpec(name="synthetic", options={})
 GZIP = ScorerSpec(name="gzip", options={})

@@ -17,11 +17,11 @@ import pytest
 from engine_helpers import assert_store_matches, corpus, private_ray, tile_calls
 
 from nncd_ray.data.corpus import Corpus
-from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.errors import ClusterError, StoreLocked, StoreMismatch, TileFailed
-from nncd_ray.lease import Lease
+from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.store.lease import Lease
+from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.scorers import ScorerSpec
-from nncd_ray.store import MatrixStore
 
 pytestmark = pytest.mark.ray
 

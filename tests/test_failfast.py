@@ -16,9 +16,9 @@ from engine_helpers import corpus, private_ray
 
 from nncd_ray.cli.main import main
 from nncd_ray.data.corpus import Corpus
-from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.errors import DocumentTooLong, InputError, StoreError, TileFailed
-from nncd_ray.failures import (
+from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.failures import (
     STOP_AFTER,
     Failure,
     RetryPolicy,
@@ -26,9 +26,9 @@ from nncd_ray.failures import (
     classify,
     is_deterministic,
 )
+from nncd_ray.matrix.store.matrix_store import MatrixStore
+from nncd_ray.matrix.tiling import TilePlan
 from nncd_ray.scorers import ScorerSpec
-from nncd_ray.store import MatrixStore
-from nncd_ray.tiling import TilePlan
 
 # -- classification ---------------------------------------------------------------------------
 

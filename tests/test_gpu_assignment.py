@@ -20,16 +20,16 @@ from typing import Any
 import pytest
 from engine_helpers import corpus
 
-from nncd_ray.engine import MatrixConfig, compute_matrix
+from nncd_ray import MatrixConfig, compute_matrix
 from nncd_ray.errors import ConfigError
-from nncd_ray.gpu_assignment import (
+from nncd_ray.matrix.cluster.executor import RayExecutor
+from nncd_ray.matrix.cluster.gpu_assignment import (
     AUTO,
     actor_runtime_env,
     check_gpu_request,
     parse_gpus_per_actor,
     resolve_gpus_per_actor,
 )
-from nncd_ray.ray_executor import RayExecutor
 from nncd_ray.scorers import ScorerSpec
 
 LM_AUTO = ScorerSpec(name="lm", options={})

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nncd_ray import submit as jobs
 from nncd_ray.cli.main import main as nncd
 from nncd_ray.errors import ConfigError
+from nncd_ray.matrix.cluster import submission as jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "agnews" / "test.csv"

@@ -131,10 +131,10 @@ def test_cross_row_batches_equal_one_item_per_pass_on_cuda(models: dict[str, Pat
 def test_ray_actor_pinned_to_the_gpu_computes_a_store(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
+    from nncd_ray import MatrixConfig, compute_matrix
     from nncd_ray.data.corpus import Corpus
-    from nncd_ray.engine import MatrixConfig, compute_matrix
+    from nncd_ray.matrix.store.matrix_store import MatrixStore
     from nncd_ray.scorers import ScorerSpec
-    from nncd_ray.store import MatrixStore
 
     rows = Corpus.from_texts([f"{t} ({i})" for i, t in enumerate(ROWS * 3)])
     cols = Corpus.from_texts([f"{t} ({i})" for i, t in enumerate(COLS * 2)])

@@ -12,9 +12,9 @@ from unittest import mock
 import pytest
 from engine_helpers import assert_store_matches, corpus
 
-from nncd_ray.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.scorers import ScorerSpec
-from nncd_ray.store import MatrixStore
 
 pytestmark = pytest.mark.ray
 

@@ -14,11 +14,11 @@ from engine_helpers import assert_store_matches, corpus, private_ray
 
 from nncd_ray.cli.status import store_status
 from nncd_ray.data.corpus import Corpus
-from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.errors import StoreLocked, TileFailed
-from nncd_ray.lease import Lease
+from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.store.lease import Lease
+from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.scorers import ScorerSpec
-from nncd_ray.store import MatrixStore
 
 pytestmark = pytest.mark.ray
 

@@ -16,9 +16,9 @@ import zarr
 
 from nncd_ray.data.corpus import Corpus
 from nncd_ray.errors import StoreError, StoreLocked, StoreMismatch, StoreNotFound
-from nncd_ray.lease import Lease, LeaseInfo, lease_url
-from nncd_ray.store import FORMAT, MatrixStore, fingerprint_differences
-from nncd_ray.tiling import TilePlan
+from nncd_ray.matrix.store.lease import Lease, LeaseInfo, lease_url
+from nncd_ray.matrix.store.matrix_store import FORMAT, MatrixStore, fingerprint_differences
+from nncd_ray.matrix.tiling import TilePlan
 
 ROWS = Corpus.from_texts(
     [f"row document {i} é" for i in range(10)], labels=[i % 3 for i in range(10)], source="rows"

@@ -15,14 +15,14 @@ import zarr
 from engine_helpers import assert_store_matches, corpus
 
 from nncd_ray.cli.main import main
-from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.errors import CorruptTile, InvalidCodeLengths
 from nncd_ray.evaluate import EvaluationConfig, evaluate_store
-from nncd_ray.integrity import verify_store
+from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.store.integrity import verify_store
+from nncd_ray.matrix.store.matrix_store import MatrixStore
+from nncd_ray.matrix.worker import TileWorker
 from nncd_ray.scorers import ScorerSpec
 from nncd_ray.scorers.base import TileScores
-from nncd_ray.store import MatrixStore
-from nncd_ray.worker import TileWorker
 
 GZIP = ScorerSpec(name="gzip", options={})
 # a square store written by nncd_ray at c8ebf8c (no checksums, no dimension names, no scored
@@ -164,7 +164,7 @@ def test_running_the_same_command_heals_a_corrupted_store(tmp_path: Path, finish
 def test_resume_without_verification_trusts_the_markers(finished: Path) -> None:
     """``verify=False`` on :meth:`JobBook.begin` is the old, cheap behaviour (the engine keeps the
     default, verify)."""
-    from nncd_ray.progress import JobBook
+    from nncd_ray.matrix.tile_ledger import JobBook
 
     flip_bit(chunk(finished, "pair_bits", 1, 2))
     store = MatrixStore.open(str(finished), mode="r+")

@@ -13,10 +13,10 @@ import pytest
 from engine_helpers import corpus
 
 from nncd_ray.cli.main import main
-from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.errors import StoreAccessDenied, StoreCredentialsMissing, StoreUnreachable
+from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.scorers import ScorerSpec
-from nncd_ray.store import MatrixStore
 
 # moto's servers in one process share one in-memory S3: a bucket of this module's own
 BUCKET = "remote-errors"

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nncd_ray.errors import ConfigError
-from nncd_ray.tiling import Tile, TilePlan
+from nncd_ray.matrix.tiling import Tile, TilePlan
 
 
 def test_grid_and_edge_tiles() -> None:

@@ -20,11 +20,11 @@ import zarr
 from nncd_ray.cli import score as score_cli
 from nncd_ray.cli.main import main
 from nncd_ray.data.corpus import Corpus
-from nncd_ray.engine import MatrixConfig, compute_matrix
 from nncd_ray.evaluate import EvaluationConfig, evaluate_store
+from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.scorers import ScorerSpec, make_scorer
 from nncd_ray.scorers.synthetic import SyntheticScorer
-from nncd_ray.store import MatrixStore
 
 LIMIT = 24
 TEXTS = [

@@ -10,9 +10,9 @@ import numpy as np
 import xarray as xr
 from engine_helpers import corpus
 
-from nncd_ray.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.scorers import ScorerSpec
-from nncd_ray.store import MatrixStore
 
 
 def test_xarray_opens_a_finished_store_with_ids_and_labels(tmp_path: Path) -> None:

@@ -34,10 +34,10 @@ from typing import Any
 from nncd_ray.data.agnews import default_data_path
 from nncd_ray.data.corpus import Corpus
 from nncd_ray.data.protocols import load_protocol
-from nncd_ray.engine import MatrixConfig, compute_matrix
-from nncd_ray.progress import MatrixSummary
+from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.tile_ledger import MatrixSummary
+from nncd_ray.matrix.tiling import TilePlan
 from nncd_ray.scorers import ScorerSpec, make_scorer
-from nncd_ray.tiling import TilePlan
 
 RSS_LIMIT_MIB = 1024.0
 WORDS = (
@@ -152,7 +152,7 @@ def overhead_suite(
     CPU (Ray then sets OMP_NUM_THREADS=1). Two actors use two. On a shared, loaded machine this
     keeps multi-threaded spinning out of the comparison.
     """
-    from nncd_ray.ray_executor import RayExecutor
+    from nncd_ray.matrix.cluster.executor import RayExecutor
 
     def best(store: str, **options: Any) -> dict[str, float]:
         runs = [

@@ -22,9 +22,10 @@ from nncd_ray.cli.common import (
     positive_int,
     scorer_spec_from_args,
 )
-from nncd_ray.engine import EXECUTORS, MatrixConfig, MatrixSummary, compute_matrix
 from nncd_ray.errors import ConfigError, TileFailed
-from nncd_ray.gpu_assignment import AUTO, GpuRequest, parse_gpus_per_actor
+from nncd_ray.matrix.cluster.gpu_assignment import AUTO, GpuRequest, parse_gpus_per_actor
+from nncd_ray.matrix.config import EXECUTORS, MatrixConfig
+from nncd_ray.matrix.engine import MatrixSummary, compute_matrix
 from nncd_ray.ncd import VARIANTS
 from nncd_ray.scorers import ScorerSpec, scorer_class
 

@@ -36,10 +36,10 @@ from nncd_ray.cli.common import (
 )
 from nncd_ray.data.corpus import Corpus
 from nncd_ray.errors import ConfigError
+from nncd_ray.matrix.store.truncation import TruncationCount, count_from_arrays
 from nncd_ray.ncd import ncd_matrix
 from nncd_ray.scorers import BaseScorer, make_scorer
 from nncd_ray.scorers.base import utf8_lengths
-from nncd_ray.truncation import TruncationCount, count_from_arrays
 
 # documents per document_bits call, and rows per pair_bits call (bounds memory, paces output)
 DOC_BLOCK = 256

@@ -17,11 +17,11 @@ import time
 from typing import Any
 
 from nncd_ray.cli.common import parse_options
-from nncd_ray.integrity import UndecodableChunk, verify_store
-from nncd_ray.lease import Lease
-from nncd_ray.store import MatrixStore
-from nncd_ray.store_errors import store_errors
-from nncd_ray.truncation import count_truncated
+from nncd_ray.matrix.store.integrity import UndecodableChunk, verify_store
+from nncd_ray.matrix.store.lease import Lease
+from nncd_ray.matrix.store.matrix_store import MatrixStore
+from nncd_ray.matrix.store.storage_errors import store_errors
+from nncd_ray.matrix.store.truncation import count_truncated
 
 # exit code of --verify when the store has bad tiles (errors exit 2, as everywhere)
 EXIT_BAD_TILES = 1
@@ -56,7 +56,7 @@ def store_status(
     url: str, storage_options: dict[str, Any] | None = None, *, verify: bool = False
 ) -> dict[str, Any]:
     """Everything ``nncd status`` shows, as a JSON-able dict (``verify``: also a ``verify``
-    entry, :meth:`nncd_ray.integrity.VerifyReport.to_dict`)."""
+    entry, :meth:`nncd_ray.matrix.store.integrity.VerifyReport.to_dict`)."""
     with store_errors(url):
         return _status(url, storage_options, verify=verify)
 
@@ -102,8 +102,8 @@ def _status(url: str, storage_options: dict[str, Any] | None, *, verify: bool) -
 
 
 def _truncation(store: MatrixStore) -> dict[str, Any] | None:
-    """The store's :class:`~nncd_ray.truncation.TruncationCount` as a dict; ``None`` when its
-    document arrays do not decode (``--verify`` names them)."""
+    """The store's :class:`~nncd_ray.matrix.store.truncation.TruncationCount` as a dict; ``None``
+    when its document arrays do not decode (``--verify`` names them)."""
     try:
         return count_truncated(store).to_dict()
     except UndecodableChunk:

@@ -27,8 +27,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from nncd_ray import submit as jobs
 from nncd_ray.errors import ConfigError
+from nncd_ray.matrix.cluster import submission as jobs
 
 ACTIONS: tuple[str, ...] = ("status", "logs", "stop", "list")
 USAGE = """nncd submit [--address URL] [--token-file PATH] [--working-dir DIR] [...] -- COMMAND ...

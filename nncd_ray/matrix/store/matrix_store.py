@@ -43,8 +43,8 @@ from zarr.storage import FsspecStore, LocalStore
 
 from nncd_ray import __version__
 from nncd_ray.errors import IncompleteMatrix, StoreError, StoreMismatch, StoreNotFound
-from nncd_ray.store_errors import maps_store_errors
-from nncd_ray.tiling import Tile, TilePlan
+from nncd_ray.matrix.store.storage_errors import maps_store_errors
+from nncd_ray.matrix.tiling import Tile, TilePlan
 
 if TYPE_CHECKING:
     from nncd_ray.data.corpus import Corpus, Label
@@ -409,7 +409,7 @@ class MatrixStore:
         """Rewrite the document arrays (``*_bytes``, ``*_ids``, ``*_labels``) that no longer decode
         or differ from the documents (the config fingerprint already matched, so the documents are
         the store's own); returns the names of the arrays rewritten."""
-        from nncd_ray.integrity import UndecodableChunk, read_cells
+        from nncd_ray.matrix.store.integrity import UndecodableChunk, read_cells
 
         repaired = []
         for side, corpus in (("row", rows), ("col", rows if cols is None else cols)):

@@ -6,10 +6,10 @@ replaced by a new one (never reused: actors run with ``max_restarts=0``), and a 
 ``max_attempts`` times is given up on and recorded while the job goes on.
 
 Each actor holds up to ``TILES_IN_FLIGHT`` tiles and runs them in two threads: while one tile's
-passes run on the device, the next one is tokenized and planned and the previous one is written
-to the store (:class:`~nncd_ray.worker.TileWorker` keeps the device to one tile at a time), so
-the device does not wait for the host between tiles. A driver killed mid-job loses at most that
-many tiles per actor.
+passes run on the device, the next one is tokenized and planned and the previous one is written to
+the store (:class:`~nncd_ray.matrix.worker.TileWorker` keeps the device to one tile at a time), so
+the device does not wait for the host between tiles. A driver killed mid-job loses at most that many
+tiles per actor.
 
 Actors that cannot be placed stay pending forever in Ray; so the cluster's resources are checked
 before any actor is created, and the wait for actors to start has a timeout that says why.
@@ -31,21 +31,25 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from nncd_ray.errors import ClusterError, NNCDError
-from nncd_ray.failures import Failure, RetryPolicy, TileAttemptFailed, classify, one_line
-from nncd_ray.gpu_assignment import actor_runtime_env, lm_device, resolve_gpus_per_actor
-from nncd_ray.private_cluster import PrivateCluster
-from nncd_ray.store import is_remote
-from nncd_ray.worker import TileResult, TileWorker
+from nncd_ray.matrix.cluster.gpu_assignment import (
+    actor_runtime_env,
+    lm_device,
+    resolve_gpus_per_actor,
+)
+from nncd_ray.matrix.cluster.private_cluster import PrivateCluster
+from nncd_ray.matrix.failures import Failure, RetryPolicy, TileAttemptFailed, classify, one_line
+from nncd_ray.matrix.store.matrix_store import is_remote
+from nncd_ray.matrix.worker import TileResult, TileWorker
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from nncd_ray.data.corpus import Corpus
-    from nncd_ray.engine import MatrixConfig
-    from nncd_ray.lease import Lease
-    from nncd_ray.progress import JobBook
+    from nncd_ray.matrix.config import MatrixConfig
+    from nncd_ray.matrix.store.lease import Lease
+    from nncd_ray.matrix.tile_ledger import JobBook
+    from nncd_ray.matrix.tiling import Tile
     from nncd_ray.scorers import ScorerSpec
-    from nncd_ray.tiling import Tile
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +185,8 @@ class RayExecutor:
                 ) from None
             self._owns_ray = True
         else:
-            # a private local cluster that dies with this process (see nncd_ray.private_cluster)
+            # a private local cluster that dies with this process (see
+            # nncd_ray.matrix.cluster.private_cluster)
             cpus = max(
                 os.cpu_count() or 1, math.ceil(self.config.actors * self.config.cpus_per_actor)
             )

@@ -39,7 +39,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from nncd_ray.errors import ConfigError, StoreLocked
-from nncd_ray.store_errors import store_errors
+from nncd_ray.matrix.store.storage_errors import store_errors
 
 log = logging.getLogger(__name__)
 

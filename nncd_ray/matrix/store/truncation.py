@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from nncd_ray.integrity import read_cells
+from nncd_ray.matrix.store.integrity import read_cells
 
 if TYPE_CHECKING:
     import zarr
 
-    from nncd_ray.store import MatrixStore
+    from nncd_ray.matrix.store.matrix_store import MatrixStore
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,7 +85,8 @@ def _read_ints(group: zarr.Group, name: str) -> NDArray[np.int64]:
 
 def group_bytes(group: zarr.Group, side: str) -> tuple[NDArray[np.int64], NDArray[np.int64] | None]:
     """``(full bytes, scored bytes or None)`` of one side (``"row"``/``"col"``) of a store group;
-    a chunk that fails to decode raises :class:`~nncd_ray.integrity.UndecodableChunk`."""
+    a chunk that fails to decode raises :class:`~nncd_ray.matrix.store.integrity.UndecodableChunk`.
+    """
     full = _read_ints(group, f"{side}_bytes")
     name = f"{side}_scored_bytes"
     return full, (_read_ints(group, name) if name in group else None)
@@ -112,5 +113,5 @@ def count_group(group: zarr.Group, *, square: bool) -> TruncationCount:
 
 
 def count_truncated(store: MatrixStore) -> TruncationCount:
-    """:class:`TruncationCount` of a :class:`~nncd_ray.store.MatrixStore`."""
+    """:class:`TruncationCount` of a :class:`~nncd_ray.matrix.store.matrix_store.MatrixStore`."""
     return count_group(store.group, square=store.square)

@@ -5,10 +5,11 @@ written to the store's ``progress`` attribute at most every :data:`FLUSH_EVERY_S
 group attribute update rewrites ``zarr.json``; on S3 that is one PUT) and at the end;
 ``tiles_done`` in the store is the truth, these counters are for ``nncd status``.
 
-A resumed job first verifies the tiles already marked done (:func:`nncd_ray.integrity.verify_store`:
-checksums and values, one read of the done part of the matrix) and recomputes those that fail, so a
-corrupted store heals by running the same command again. At the end it counts the documents the
-compressor truncated (scored bytes below their UTF-8 bytes) and warns about them.
+A resumed job first verifies the tiles already marked done
+(:func:`nncd_ray.matrix.store.integrity.verify_store`: checksums and values, one read of the done
+part of the matrix) and recomputes those that fail, so a corrupted store heals by running the same
+command again. At the end it counts the documents the compressor truncated (scored bytes below their
+UTF-8 bytes) and warns about them.
 """
 
 from __future__ import annotations
@@ -25,14 +26,19 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from nncd_ray.integrity import PER_DOCUMENT_ARRAYS, TileProblem, UndecodableChunk, verify_store
-from nncd_ray.store_errors import store_errors
-from nncd_ray.truncation import TruncationCount, count_truncated
+from nncd_ray.matrix.store.integrity import (
+    PER_DOCUMENT_ARRAYS,
+    TileProblem,
+    UndecodableChunk,
+    verify_store,
+)
+from nncd_ray.matrix.store.storage_errors import store_errors
+from nncd_ray.matrix.store.truncation import TruncationCount, count_truncated
 
 if TYPE_CHECKING:
-    from nncd_ray.store import MatrixStore
-    from nncd_ray.tiling import Tile, TilePlan
-    from nncd_ray.worker import TileResult
+    from nncd_ray.matrix.store.matrix_store import MatrixStore
+    from nncd_ray.matrix.tiling import Tile, TilePlan
+    from nncd_ray.matrix.worker import TileResult
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +80,8 @@ class MatrixSummary:
     tiles_reverified: dict[str, str] = field(default_factory=dict)
     # seconds spent verifying the done tiles on resume (0 for a fresh store)
     verify_seconds: float = 0.0
-    # distinct documents whose code length covers only part of them (see nncd_ray.truncation)
+    # distinct documents whose code length covers only part of them (see
+    # nncd_ray.matrix.store.truncation)
     documents_truncated: int = 0
     # UTF-8 bytes of every document / the bytes their code lengths cover
     bytes_total: int = 0
@@ -189,8 +196,8 @@ class JobBook:
         """Read the store's markers and plan the tiles still to compute (largest first).
 
         With ``verify`` (the default), the tiles already marked done are read and checked first
-        (:func:`nncd_ray.integrity.verify_store`); those that fail lose their marker and are
-        computed again.
+        (:func:`nncd_ray.matrix.store.integrity.verify_store`); those that fail lose their marker
+        and are computed again.
         """
         mask = store.done_mask()
         reverified: dict[str, str] = {}

@@ -30,8 +30,8 @@ from nncd_ray.errors import CorruptTile, NNCDError
 if TYPE_CHECKING:
     import zarr
 
-    from nncd_ray.store import MatrixStore
-    from nncd_ray.tiling import TilePlan
+    from nncd_ray.matrix.store.matrix_store import MatrixStore
+    from nncd_ray.matrix.tiling import TilePlan
 
 # a band of tiles (tile rows × all columns, float32) up to this size is read in one request, so
 # that remote stores fetch its chunks concurrently; larger bands are read tile by tile

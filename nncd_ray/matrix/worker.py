@@ -28,11 +28,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from nncd_ray.errors import InvalidCodeLengths
-from nncd_ray.integrity import code_length_problem
+from nncd_ray.matrix.store.integrity import code_length_problem
+from nncd_ray.matrix.store.matrix_store import MatrixStore
+from nncd_ray.matrix.tiling import Tile
 from nncd_ray.scorers import ScorerSpec, make_scorer
 from nncd_ray.scorers.base import TileScores, utf8_lengths
-from nncd_ray.store import MatrixStore
-from nncd_ray.tiling import Tile
 
 
 @dataclass(frozen=True, kw_only=True)

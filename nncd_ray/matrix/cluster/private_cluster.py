@@ -5,7 +5,8 @@ own on this machine. :class:`PrivateCluster` starts it so that nothing of it out
 
 - its temp dir (sessions, logs, sockets) is a fresh directory under ``$NNCD_RAY_TMPDIR`` (default
   ``/tmp``: Unix socket paths inside it must stay under 107 bytes);
-- a watchdog process (:mod:`nncd_ray.ray_reaper`) ends every process of the cluster and removes
+- a watchdog process (:mod:`nncd_ray.matrix.cluster.reaper`) ends every process of the cluster and
+removes
   the temp dir when the driver exits, cleanly or not (SIGKILL included);
 - token authentication stays on, as Ray 2.60 turns it on for every new local cluster when
   ``RAY_AUTH_MODE`` is unset; Ray then logs "Token authentication is enabled for this Ray
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from nncd_ray import ray_reaper
+from nncd_ray.matrix.cluster import reaper
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ TMPDIR_ENV = "NNCD_RAY_TMPDIR"
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 _AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
 # seconds to wait for the watchdog to end the cluster's processes and remove its temp dir
-WATCHDOG_EXIT_TIMEOUT_S = ray_reaper.SWEEP_S + 3 * ray_reaper.TERM_GRACE_S + 5.0
+WATCHDOG_EXIT_TIMEOUT_S = reaper.SWEEP_S + 3 * reaper.TERM_GRACE_S + 5.0
 
 
 def temp_parent() -> str:
@@ -49,7 +50,8 @@ def temp_parent() -> str:
 
 
 class Watchdog:
-    """The :mod:`nncd_ray.ray_reaper` process guarding one temp dir (see its docstring)."""
+    """The :mod:`nncd_ray.matrix.cluster.reaper` process guarding one temp dir (see its docstring).
+    """
 
     def __init__(self, temp_dir: str) -> None:
         self.temp_dir = temp_dir
@@ -61,7 +63,7 @@ class Watchdog:
                 sys.executable,
                 "-I",
                 "-S",
-                str(Path(ray_reaper.__file__).resolve()),
+                str(Path(reaper.__file__).resolve()),
                 "--dir",
                 temp_dir,
                 "--driver-pid",

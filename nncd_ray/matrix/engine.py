@@ -2,8 +2,8 @@
 
 ``compute_matrix(config, rows, cols)`` takes the store's lease, refuses a store computed with other
 settings, and computes only the tiles whose completion marker is not set: on a Ray cluster
-(``executor="ray"``, a pool of scorer actors, see :mod:`nncd_ray.ray_executor`) or in this process
-(``executor="local"``, same store and resume semantics, for small runs and benchmarks).
+(``executor="ray"``, a pool of scorer actors, see :mod:`nncd_ray.matrix.cluster.executor`) or in
+this process (``executor="local"``, same store and resume semantics, for small runs and benchmarks).
 
 Workers write each tile's data; the driver writes the tile's marker after the worker reported
 success, keeps counters, and never holds the matrix. A tile that fails ``max_attempts`` times is
@@ -16,86 +16,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nncd_ray.errors import ConfigError, TileFailed
-from nncd_ray.failures import RetryPolicy, classify
-from nncd_ray.gpu_assignment import AUTO, GpuRequest, check_gpu_request
-from nncd_ray.lease import Lease
-from nncd_ray.ncd import VARIANTS
-from nncd_ray.progress import JobBook, MatrixSummary
-from nncd_ray.scorers import ScorerSpec
-from nncd_ray.store import FORMAT, MatrixStore, corpus_fingerprint
-from nncd_ray.tiling import Tile, TilePlan
-from nncd_ray.worker import TileWorker
+from nncd_ray.errors import TileFailed
+from nncd_ray.matrix.config import MatrixConfig
+from nncd_ray.matrix.failures import RetryPolicy, classify
+from nncd_ray.matrix.store.lease import Lease
+from nncd_ray.matrix.store.matrix_store import FORMAT, MatrixStore, corpus_fingerprint
+from nncd_ray.matrix.tile_ledger import JobBook, MatrixSummary
+from nncd_ray.matrix.tiling import Tile, TilePlan
+from nncd_ray.matrix.worker import TileWorker
 
 if TYPE_CHECKING:
     from nncd_ray.data.corpus import Corpus
 
 log = logging.getLogger(__name__)
-
-EXECUTORS = ("ray", "local")
-
-
-@dataclass(frozen=True, kw_only=True)
-class MatrixConfig:
-    """Everything a matrix job needs besides its documents."""
-
-    # where the matrix lives: a local path or an fsspec URL (s3://bucket/m.zarr)
-    store: str
-    # which compressor, with its options; each worker builds its own scorer from it
-    scorer: ScorerSpec
-    # "ncd" (C(xy), x = row) or "ncd-min" (rectangular jobs then also store C(yx))
-    variant: str = "ncd"
-    # tile edge in documents: the unit of work, of storage (one chunk) and of resume
-    tile: int = 64
-    # number of scorer actors (Ray executor)
-    actors: int = 1
-    # GPUs per actor: "auto" = 1 for the LM on a cluster with GPUs (or device "cuda"), else 0; or
-    # a number. Ray sets CUDA_VISIBLE_DEVICES for GPU actors; actors with 0 see no GPU at all
-    # (see nncd_ray.gpu_assignment)
-    gpus_per_actor: GpuRequest = AUTO
-    cpus_per_actor: float = 1.0
-    # Ray cluster to join ("auto", "ray://…", "host:port"); None starts a private local cluster
-    address: str | None = None
-    # "ray" or "local" (in this process, no Ray)
-    executor: str = "ray"
-    # attempts per tile before it is recorded as failed (actor deaths count as attempts)
-    max_attempts: int = 3
-    # delete an existing store instead of resuming it
-    overwrite: bool = False
-    # fsspec options of the store (e.g. endpoint_url, key, secret for S3)
-    storage_options: Mapping[str, Any] | None = None
-    # tqdm progress bar on stderr
-    progress: bool = True
-    # seconds to wait for at least one actor to start before giving up with ClusterError
-    actor_timeout_s: float = 600.0
-    # an autoscaling cluster may have no node with the resources yet: warn and wait (up to
-    # actor_timeout_s) instead of refusing at once
-    wait_for_resources: bool = False
-
-    def validate(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(
-                f"unknown NCD variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}"
-            )
-        if self.executor not in EXECUTORS:
-            raise ConfigError(
-                f"unknown executor {self.executor!r}; choose one of: {', '.join(EXECUTORS)}"
-            )
-        if self.tile < 1:
-            raise ConfigError(f"--tile must be at least 1, not {self.tile}")
-        if self.actors < 1:
-            raise ConfigError(f"--actors must be at least 1, not {self.actors}")
-        if not self.cpus_per_actor >= 0:
-            raise ConfigError("--cpus-per-actor must not be negative")
-        if self.executor == "ray":
-            check_gpu_request(self.gpus_per_actor, self.scorer)
-        if self.max_attempts < 1:
-            raise ConfigError(f"--max-attempts must be at least 1, not {self.max_attempts}")
-        if self.actor_timeout_s <= 0:
-            raise ConfigError("actor_timeout_s must be positive")
 
 
 def job_fingerprint(config: MatrixConfig, rows: Corpus, cols: Corpus | None) -> dict[str, Any]:
@@ -131,7 +66,7 @@ def compute_matrix(config: MatrixConfig, rows: Corpus, cols: Corpus | None = Non
         if config.executor == "local":
             book = _run_local(config, plan, base, rows, cols, lease, started, policy)
         else:
-            from nncd_ray.ray_executor import RayExecutor
+            from nncd_ray.matrix.cluster.executor import RayExecutor
 
             with RayExecutor(config, rows, cols) as executor:
                 fingerprint = executor.start()
@@ -260,7 +195,6 @@ def _compute_with_retries(
 
 
 __all__ = [
-    "EXECUTORS",
     "MatrixConfig",
     "MatrixSummary",
     "compute_matrix",

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 from nncd_ray.errors import CodecError, ConfigError, InputError, ModelNotFound, StoreMismatch
 
 if TYPE_CHECKING:
-    from nncd_ray.progress import JobBook
-    from nncd_ray.tiling import Tile
+    from nncd_ray.matrix.tile_ledger import JobBook
+    from nncd_ray.matrix.tiling import Tile
 
 log = logging.getLogger(__name__)
 

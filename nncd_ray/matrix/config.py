@@ -1,0 +1,77 @@
+"""What a matrix job is computed with, besides its documents: :class:`MatrixConfig`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nncd_ray.errors import ConfigError
+from nncd_ray.matrix.cluster.gpu_assignment import AUTO, GpuRequest, check_gpu_request
+from nncd_ray.ncd import VARIANTS
+from nncd_ray.scorers import ScorerSpec
+
+EXECUTORS = ("ray", "local")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatrixConfig:
+    """Everything a matrix job needs besides its documents."""
+
+    # where the matrix lives: a local path or an fsspec URL (s3://bucket/m.zarr)
+    store: str
+    # which compressor, with its options; each worker builds its own scorer from it
+    scorer: ScorerSpec
+    # "ncd" (C(xy), x = row) or "ncd-min" (rectangular jobs then also store C(yx))
+    variant: str = "ncd"
+    # tile edge in documents: the unit of work, of storage (one chunk) and of resume
+    tile: int = 64
+    # number of scorer actors (Ray executor)
+    actors: int = 1
+    # GPUs per actor: "auto" = 1 for the LM on a cluster with GPUs (or device "cuda"), else 0; or
+    # a number. Ray sets CUDA_VISIBLE_DEVICES for GPU actors; actors with 0 see no GPU at all
+    # (see nncd_ray.matrix.cluster.gpu_assignment)
+    gpus_per_actor: GpuRequest = AUTO
+    cpus_per_actor: float = 1.0
+    # Ray cluster to join ("auto", "ray://…", "host:port"); None starts a private local cluster
+    address: str | None = None
+    # "ray" or "local" (in this process, no Ray)
+    executor: str = "ray"
+    # attempts per tile before it is recorded as failed (actor deaths count as attempts)
+    max_attempts: int = 3
+    # delete an existing store instead of resuming it
+    overwrite: bool = False
+    # fsspec options of the store (e.g. endpoint_url, key, secret for S3)
+    storage_options: Mapping[str, Any] | None = None
+    # tqdm progress bar on stderr
+    progress: bool = True
+    # seconds to wait for at least one actor to start before giving up with ClusterError
+    actor_timeout_s: float = 600.0
+    # an autoscaling cluster may have no node with the resources yet: warn and wait (up to
+    # actor_timeout_s) instead of refusing at once
+    wait_for_resources: bool = False
+
+    def validate(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(
+                f"unknown NCD variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}"
+            )
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"unknown executor {self.executor!r}; choose one of: {', '.join(EXECUTORS)}"
+            )
+        if self.tile < 1:
+            raise ConfigError(f"--tile must be at least 1, not {self.tile}")
+        if self.actors < 1:
+            raise ConfigError(f"--actors must be at least 1, not {self.actors}")
+        if not self.cpus_per_actor >= 0:
+            raise ConfigError("--cpus-per-actor must not be negative")
+        if self.executor == "ray":
+            check_gpu_request(self.gpus_per_actor, self.scorer)
+        if self.max_attempts < 1:
+            raise ConfigError(f"--max-attempts must be at least 1, not {self.max_attempts}")
+        if self.actor_timeout_s <= 0:
+            raise ConfigError("actor_timeout_s must be positive")
+
+
+__all__ = ["EXECUTORS", "MatrixConfig"]
