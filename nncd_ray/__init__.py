@@ -31,17 +31,17 @@ _PUBLIC: dict[str, str] = {
     "make_scorer": "nncd_ray.scorers",
     "MatrixConfig": "nncd_ray.matrix.config",
     "compute_matrix": "nncd_ray.matrix.engine",
-    "EvaluationConfig": "nncd_ray.evaluate",
-    "evaluate_store": "nncd_ray.evaluate",
-    "NCDKNNClassifier": "nncd_ray.classifier",
+    "EvaluationConfig": "nncd_ray.knn.evaluate",
+    "evaluate_store": "nncd_ray.knn.evaluate",
+    "NCDKNNClassifier": "nncd_ray.knn.classifier",
 }
 
 if TYPE_CHECKING:  # the same names for type checkers; never executed
-    from nncd_ray.classifier import NCDKNNClassifier
     from nncd_ray.data.corpus import Corpus
     from nncd_ray.data.loading import load_corpus
     from nncd_ray.data.protocols import load_protocol
-    from nncd_ray.evaluate import EvaluationConfig, evaluate_store
+    from nncd_ray.knn.classifier import NCDKNNClassifier
+    from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
     from nncd_ray.matrix.config import MatrixConfig
     from nncd_ray.matrix.engine import compute_matrix
     from nncd_ray.scorers import ScorerSpec, make_scorer

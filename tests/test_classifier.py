@@ -10,11 +10,12 @@ from types import ModuleType
 import numpy as np
 import pytest
 from knn_store_helpers import synthetic_bits, write_plain_store
+from paths import ROOT
 
-from nncd_ray.classifier import NCDKNNClassifier
 from nncd_ray.errors import ConfigError, InputError
-from nncd_ray.evaluate import EvaluationConfig, evaluate_store
-from nncd_ray.knn import knn_classify
+from nncd_ray.knn.accumulator import knn_classify
+from nncd_ray.knn.classifier import NCDKNNClassifier
+from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
 
 
 def clustered_distances(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,13 +133,13 @@ def test_from_store_predicts_the_query_rows(tmp_path: Path) -> None:
 
 
 def load_without_sklearn(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """A fresh copy of nncd_ray.classifier imported while scikit-learn cannot be imported."""
+    """A fresh copy of nncd_ray.knn.classifier imported while scikit-learn cannot be imported."""
     for name in list(sys.modules):
         if name == "sklearn" or name.startswith("sklearn."):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.base", None)
-    path = Path(__file__).resolve().parents[1] / "nncd_ray" / "classifier.py"
+    path = ROOT / "nncd_ray" / "knn" / "classifier.py"
     spec = importlib.util.spec_from_file_location("classifier_without_sklearn", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from knn_store_helpers import synthetic_bits, write_plain_store
 
-import nncd_ray.evaluate as evaluate_module
+import nncd_ray.knn.evaluate as evaluate_module
 from nncd_ray.cli import knn as knn_cli
 from nncd_ray.errors import ConfigError, IncompleteMatrix, InputError, StoreError, StoreNotFound
-from nncd_ray.evaluate import EvaluationConfig, evaluate_store
-from nncd_ray.knn import Hubness, knn_classify
+from nncd_ray.knn.accumulator import knn_classify
+from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
+from nncd_ray.knn.statistics import Hubness
 from nncd_ray.ncd import ncd_matrix
 
 KS = (1, 3, 5)

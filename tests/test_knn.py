@@ -11,22 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nncd_ray.errors import ConfigError, InputError
-from nncd_ray.knn import (
-    NO_LABEL,
+from nncd_ray.knn.accumulator import KNNAccumulator, knn_classify
+from nncd_ray.knn.labels import NO_LABEL, LabelCodec
+from nncd_ray.knn.neighbours import check_ks, k_occurrence, predict_codes, top_k_neighbours, vote
+from nncd_ray.knn.statistics import (
     Hubness,
-    KNNAccumulator,
-    LabelCodec,
     PairedComparison,
-    check_ks,
     confusion_matrix,
-    k_occurrence,
-    knn_classify,
     macro_f1,
     mcnemar_exact,
-    predict_codes,
     score_predictions,
-    top_k_neighbours,
-    vote,
     wilson_interval,
 )
 
@@ -418,7 +412,7 @@ def test_leave_one_out_never_counts_the_query_itself() -> None:
 def test_normal_sf_across_chunks() -> None:
     from statistics import NormalDist
 
-    from nncd_ray.knn import normal_sf
+    from nncd_ray.knn.mutual_proximity import normal_sf
 
     z = np.linspace(-9.0, 9.0, 70_007).reshape(7, 10_001)  # more than one 64k-cell chunk
     z[3, 5] = np.nan

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from test_classifier import load_without_sklearn
 
-from nncd_ray.classifier import NCDKNNClassifier
 from nncd_ray.errors import InputError, NNCDError
+from nncd_ray.knn.classifier import NCDKNNClassifier
 
 sklearn_checks = pytest.importorskip("sklearn.utils.estimator_checks")
 exceptions = pytest.importorskip("sklearn.exceptions")

@@ -16,7 +16,7 @@ from engine_helpers import assert_store_matches, corpus
 
 from nncd_ray.cli.main import main
 from nncd_ray.errors import CorruptTile, InvalidCodeLengths
-from nncd_ray.evaluate import EvaluationConfig, evaluate_store
+from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
 from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
 from nncd_ray.matrix.store.integrity import verify_store
 from nncd_ray.matrix.store.matrix_store import MatrixStore

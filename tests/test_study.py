@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from nncd_ray.errors import ConfigError
-from nncd_ray.evaluate import EvaluationConfig, evaluate_store
+from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
 from nncd_ray.scorers import ScorerSpec
-from nncd_ray.study import CompressorChoice, StudyConfig, parse_compressors, run_study
+from nncd_ray.study.config import CompressorChoice, StudyConfig, parse_compressors
+from nncd_ray.study.run import run_study
 
 AGNEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews" / "test.csv"
 needs_agnews = pytest.mark.skipif(not AGNEWS.exists(), reason=f"AG News not found at {AGNEWS}")

@@ -20,7 +20,7 @@ import zarr
 from nncd_ray.cli import score as score_cli
 from nncd_ray.cli.main import main
 from nncd_ray.data.corpus import Corpus
-from nncd_ray.evaluate import EvaluationConfig, evaluate_store
+from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
 from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
 from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.scorers import ScorerSpec, make_scorer
@@ -124,7 +124,9 @@ def test_classical_compressors_never_truncate() -> None:
 
 def test_study_reports_truncation(store: str, tmp_path: Path) -> None:
     """The study table's rows carry the count (``StudyRow.to_dict``), via the k-NN report."""
-    from nncd_ray.study import CompressorChoice, StudyConfig, StudyResult, _row
+    from nncd_ray.study.config import CompressorChoice, StudyConfig
+    from nncd_ray.study.result import StudyResult
+    from nncd_ray.study.run import _row
 
     report = evaluate_store(EvaluationConfig(store=store, ks=(1,)))
     summary = SimpleNamespace(pairs_per_second=0.0, pairs_computed=0, wall_seconds=0.0)

@@ -31,14 +31,10 @@ import numpy as np
 
 from nncd_ray.cli.train import DEFAULT_DATA
 from nncd_ray.errors import ConfigError, NNCDError
-from nncd_ray.knn import (
-    ColumnMoments,
-    Hubness,
-    KNNAccumulator,
-    LabelCodec,
-    mutual_proximity,
-    row_moments,
-)
+from nncd_ray.knn.accumulator import KNNAccumulator
+from nncd_ray.knn.labels import LabelCodec
+from nncd_ray.knn.mutual_proximity import ColumnMoments, mutual_proximity, row_moments
+from nncd_ray.knn.statistics import Hubness
 from nncd_ray.ncd import ncd_matrix
 
 KS = (1, 3, 5)

@@ -16,8 +16,8 @@ import sys
 from typing import Any
 
 from nncd_ray.cli.common import parse_options
-from nncd_ray.evaluate import EvaluationConfig, evaluate_store
-from nncd_ray.knn import HUBNESS_REDUCTIONS
+from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
+from nncd_ray.knn.mutual_proximity import HUBNESS_REDUCTIONS
 from nncd_ray.ncd import VARIANTS
 
 

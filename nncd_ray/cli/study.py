@@ -19,9 +19,10 @@ from nncd_ray.cli.common import announce, positive_int
 from nncd_ray.cli.knn import parse_ks
 from nncd_ray.data.agnews import DATA_ENV, agnews_path
 from nncd_ray.data.protocols import PROTOCOLS
-from nncd_ray.knn import HUBNESS_REDUCTIONS
+from nncd_ray.knn.mutual_proximity import HUBNESS_REDUCTIONS
 from nncd_ray.ncd import VARIANTS
-from nncd_ray.study import StudyConfig, parse_compressors, run_study
+from nncd_ray.study.config import StudyConfig, parse_compressors
+from nncd_ray.study.run import run_study
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

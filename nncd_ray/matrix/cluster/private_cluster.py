@@ -50,8 +50,7 @@ def temp_parent() -> str:
 
 
 class Watchdog:
-    """The :mod:`nncd_ray.matrix.cluster.reaper` process guarding one temp dir (see its docstring).
-    """
+    """The reaper process (:mod:`nncd_ray.matrix.cluster.reaper`) guarding one temp dir."""
 
     def __init__(self, temp_dir: str) -> None:
         self.temp_dir = temp_dir

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nncd_ray.errors import ConfigError
-from nncd_ray.evaluate import open_store_group
+from nncd_ray.knn.evaluate import open_store_group
 from nncd_ray.ncd import ncd_matrix
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from nncd_ray.study import StudyResult
+    from nncd_ray.study.result import StudyResult
 
 INSTALL_HINT = "matplotlib is not installed; pip install 'nncd_ray[plot]' (or matplotlib) for plots"
 # edge of the NCD block shown in the heatmap

@@ -1,105 +1,15 @@
-"""Compression-vs-accuracy study: one matrix per compressor on a benchmark split, k-NN, one table.
-
-For every compressor the study computes (or resumes: the same store is reused) the NCD matrix of a
-``shared/bench/PROTOCOL.md`` split through the matrix engine, classifies the queries with the k-NN
-stage and collects bits per byte, accuracy and macro-F1 per k, and pairs/s, into ``study.json`` and
-``study.md``; PNG plots (accuracy against bits per byte, the best compressor's confusion matrix, a
-block of its NCD matrix) when matplotlib is installed. The Neural NCD paper's point is that
-accuracy does not follow compression rate, so the two are always reported side by side.
-
-Output folder::
-
-    <out>/<compressor>.zarr              the matrix store (resumable)
-    <out>/<compressor>.report.json       full k-NN report (confusion matrices, …)
-    <out>/<compressor>.predictions.jsonl per-query predictions
-    <out>/study.json, <out>/study.md     the table
-    <out>/*.png                          plots
-"""
+"""A study's table: one row per compressor (bits per byte beside accuracy), as JSON and Markdown,
+with intervals, hubness and paired tests against the first compressor."""
 
 from __future__ import annotations
 
-import json
-import logging
-import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nncd_ray.errors import ConfigError
-from nncd_ray.evaluate import EvaluationConfig, evaluate_store
-from nncd_ray.knn import PairedComparison, check_ks
-from nncd_ray.knn_report import EvaluationReport
-from nncd_ray.scorers import ScorerSpec, available
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class CompressorChoice:
-    """One column of the study: a table label (also the store's file name) and its scorer."""
-
-    label: str
-    spec: ScorerSpec
-
-
-def parse_compressors(text: str) -> tuple[CompressorChoice, ...]:
-    """``"gzip,bz2,lm:/models/gpt2"`` -> choices. ``lm`` alone is the embedded model; ``lm:MODEL``
-    names a model directory or hub id (its last path part becomes the label ``lm-<name>``)."""
-    choices: list[CompressorChoice] = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        name, sep, argument = item.partition(":")
-        if name not in available():
-            raise ConfigError(
-                f"unknown compressor {name!r} in --compressors; choose from "
-                f"{', '.join(available())}"
-            )
-        if sep and name != "lm":
-            raise ConfigError(f"{item!r}: only lm takes an argument (lm:MODEL)")
-        if name == "lm" and argument:
-            slug = re.sub(r"[^A-Za-z0-9._-]+", "-", argument.rstrip("/").split("/")[-1]).strip("-")
-            choices.append(
-                CompressorChoice(
-                    label=f"lm-{slug or 'model'}",
-                    spec=ScorerSpec(name="lm", options={"model": argument}),
-                )
-            )
-        else:
-            choices.append(CompressorChoice(label=name, spec=ScorerSpec(name=name, options={})))
-    if not choices:
-        raise ConfigError("--compressors needs at least one compressor, e.g. gzip,bz2,lzma,zstd")
-    labels = [c.label for c in choices]
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
-    if repeated:
-        raise ConfigError(f"compressor {', '.join(repeated)} given more than once")
-    return tuple(choices)
-
-
-@dataclass(frozen=True, kw_only=True)
-class StudyConfig:
-    """A study run."""
-
-    # a PROTOCOL.md split name (nncd_ray.data.protocols.PROTOCOLS) and the AG News test.csv it reads
-    protocol: str
-    data: str
-    compressors: tuple[CompressorChoice, ...]
-    # output folder (stores, reports, table, plots)
-    out: str
-    ks: tuple[int, ...] = (1, 3, 5, 7)
-    variant: str = "ncd"
-    tile: int = 64
-    # matrix engine: "local" (in-process) or "ray"; actors and cluster address for ray
-    executor: str = "local"
-    actors: int = 1
-    address: str | None = None
-    # tqdm progress of the matrix engine on stderr
-    progress: bool = False
-    # write PNG plots (needs matplotlib)
-    plots: bool = True
-    # "none" (the protocol's k-NN over NCD) or "mp" (over its mutual proximity; not PROTOCOL.md)
-    hubness_reduction: str = "none"
+from nncd_ray.knn.report import EvaluationReport, format_number
+from nncd_ray.knn.statistics import PairedComparison
+from nncd_ray.study.config import StudyConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,11 +151,11 @@ class StudyResult:
         for row in self.rows:
             speed = "—" if row.pairs_per_second is None else f"{row.pairs_per_second:,.0f}"
             lines.append(
-                f"| {row.compressor} | {_fmt(row.bits_per_byte, 2)} | "
-                f"{_fmt(row.bits_per_byte_mean_doc, 2)} | "
-                + " | ".join(_fmt(row.accuracy.get(k)) for k in ks)
+                f"| {row.compressor} | {format_number(row.bits_per_byte, 2)} | "
+                f"{format_number(row.bits_per_byte_mean_doc, 2)} | "
+                + " | ".join(format_number(row.accuracy.get(k)) for k in ks)
                 + " | "
-                + " | ".join(_fmt(row.macro_f1.get(k)) for k in ks)
+                + " | ".join(format_number(row.macro_f1.get(k)) for k in ks)
                 + f" | {speed} |"
             )
         lines.append("")
@@ -308,92 +218,3 @@ class StudyResult:
             if row.report.hub_note is not None
         ]
         return [*lines, "", *notes] if notes else lines
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _row(choice: CompressorChoice, store: str, summary: Any, report: EvaluationReport) -> StudyRow:
-    return StudyRow(
-        compressor=choice.label,
-        spec={"name": choice.spec.name, "options": dict(choice.spec.options)},
-        store=store,
-        bits_per_byte=report.bits_per_byte,
-        bits_per_byte_mean_doc=report.compression.get("bits_per_byte_mean_doc"),
-        accuracy={m.k: m.accuracy for m in report.results},
-        macro_f1={m.k: m.macro_f1 for m in report.results},
-        pairs_per_second=summary.pairs_per_second if summary.pairs_computed else None,
-        pairs_computed=int(summary.pairs_computed),
-        matrix_seconds=float(summary.wall_seconds),
-        evaluation_seconds=report.seconds,
-        report=report,
-    )
-
-
-def run_study(config: StudyConfig) -> StudyResult:
-    """Compute (or resume) every compressor's matrix, classify, write the table and plots."""
-    from nncd_ray.data.protocols import load_protocol
-    from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
-
-    ks = check_ks(config.ks)
-    split = load_protocol(config.protocol, config.data)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[StudyRow] = []
-    for choice in config.compressors:
-        store = str(out / f"{choice.label}.zarr")
-        started = time.perf_counter()
-        summary = compute_matrix(
-            MatrixConfig(
-                store=store,
-                scorer=choice.spec,
-                variant=config.variant,
-                tile=config.tile,
-                executor=config.executor,
-                actors=config.actors,
-                address=config.address,
-                progress=config.progress,
-            ),
-            split.queries,
-            split.refs,
-        )
-        log.info("%s: matrix in %.1f s", choice.label, time.perf_counter() - started)
-        report = evaluate_store(
-            EvaluationConfig(store=store, ks=ks, hubness_reduction=config.hubness_reduction)
-        )
-        report.write_json(out / f"{choice.label}.report.json")
-        report.write_predictions(out / f"{choice.label}.predictions.jsonl")
-        rows.append(_row(choice, store, summary, report))
-
-    plots: tuple[str, ...] = ()
-    skipped: str | None = "not asked for (--no-plots)"
-    partial = StudyResult(
-        config=config,
-        n_queries=len(split.queries),
-        n_refs=len(split.refs) if split.refs is not None else len(split.queries),
-        square=split.refs is None,
-        rows=tuple(rows),
-        plots=(),
-        plots_skipped=None,
-    )
-    if config.plots:
-        from nncd_ray.study_plots import PlottingUnavailable, write_plots
-
-        try:
-            plots, skipped = tuple(write_plots(partial, out)), None
-        except PlottingUnavailable as exc:
-            skipped = str(exc)
-            log.warning("plots skipped: %s", exc)
-    result = StudyResult(
-        config=config,
-        n_queries=partial.n_queries,
-        n_refs=partial.n_refs,
-        square=partial.square,
-        rows=partial.rows,
-        plots=plots,
-        plots_skipped=skipped,
-    )
-    (out / "study.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-    (out / "study.md").write_text(result.to_markdown(), encoding="utf-8")
-    return result

@@ -8,7 +8,7 @@ lowest class label).
 With scikit-learn installed (the ``sklearn`` extra) it is a real ``BaseEstimator`` /
 ``ClassifierMixin`` tagged ``pairwise``, so ``cross_val_score``, ``GridSearchCV`` and ``Pipeline``
 slice a square NCD matrix correctly (train × train to fit, test × train to predict), and it passes
-scikit-learn's ``check_estimator`` (inputs checked as :mod:`nncd_ray.classifier_validation`
+scikit-learn's ``check_estimator`` (inputs checked as :mod:`nncd_ray.knn.classifier_validation`
 describes). Without it the class keeps the same ``fit`` / ``predict`` / ``score`` /
 ``get_params`` API and refuses the same inputs.
 
@@ -28,20 +28,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from nncd_ray.classifier_validation import NotFitted, fit_matrix, labels_from, predict_matrix
 from nncd_ray.errors import ConfigError, InputError
-from nncd_ray.knn import (
-    NO_LABEL,
-    LabelCodec,
-    check_ks,
-    predict_codes,
-    top_k_neighbours,
-)
+from nncd_ray.knn.classifier_validation import NotFitted, fit_matrix, labels_from, predict_matrix
+from nncd_ray.knn.labels import NO_LABEL, LabelCodec
+from nncd_ray.knn.neighbours import check_ks, predict_codes, top_k_neighbours
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator, ClassifierMixin
 
-    from nncd_ray.knn_report import EvaluationReport
+    from nncd_ray.knn.report import EvaluationReport
 else:
     try:
         from sklearn.base import BaseEstimator, ClassifierMixin
@@ -206,12 +201,12 @@ class NCDKNNClassifier(ClassifierMixin, BaseEstimator):
     ) -> NCDKNNClassifier:
         """A classifier fitted on a store's reference labels, with its query rows classified.
 
-        Reads the store in row blocks (see :mod:`nncd_ray.evaluate`; leave-one-out on a square
+        Reads the store in row blocks (see :mod:`nncd_ray.knn.evaluate`; leave-one-out on a square
         store). Sets ``store_predictions_`` (labels of the classified rows),
         ``store_query_ids_``, ``store_query_rows_`` and ``store_report_`` (the full report:
         accuracy, macro-F1, confusion, bits per byte).
         """
-        from nncd_ray.evaluate import EvaluationConfig, evaluate_store, open_store_group
+        from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store, open_store_group
 
         classifier = cls(n_neighbors=n_neighbors)
         k = classifier._check_params()

@@ -1,4 +1,4 @@
-"""Input checks of :class:`~nncd_ray.classifier.NCDKNNClassifier`, as scikit-learn expects them.
+"""Input checks of :class:`~nncd_ray.knn.classifier.NCDKNNClassifier`, as scikit-learn expects them.
 
 With scikit-learn installed the checks are its own (``validate_data``,
 ``check_classification_targets``), so the classifier passes ``check_estimator`` and its messages

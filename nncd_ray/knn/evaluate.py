@@ -41,17 +41,16 @@ from nncd_ray.errors import (
     StoreError,
     StoreNotFound,
 )
-from nncd_ray.knn import (
+from nncd_ray.knn.accumulator import KNNAccumulator
+from nncd_ray.knn.labels import LabelCodec
+from nncd_ray.knn.mutual_proximity import (
     HUBNESS_REDUCTIONS,
     ColumnMoments,
-    KNNAccumulator,
-    LabelCodec,
-    check_ks,
-    mask_own_cells,
     mutual_proximity,
     row_moments,
 )
-from nncd_ray.knn_report import EvaluationReport
+from nncd_ray.knn.neighbours import check_ks, mask_own_cells
+from nncd_ray.knn.report import EvaluationReport
 from nncd_ray.matrix.store.integrity import (
     UndecodableChunk,
     code_length_problem,

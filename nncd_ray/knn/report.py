@@ -16,10 +16,10 @@ documents the compressor cut (``compression.truncation`` has the bytes, see
 :mod:`nncd_ray.matrix.store.truncation`) and ``truncation_note`` (or null) says so in one line.
 
 ``accuracy_95ci`` is the Wilson score interval; ``hubness`` describes how unevenly the references
-serve as neighbours (:class:`nncd_ray.knn.Hubness`): the skewness of their k-occurrence, the most
-used references and how many are never among any query's k nearest. ``hub_note`` (or null) says
-when one reference is the nearest neighbour of at least :data:`HUB_SHARE` of the queries (and of at
-least :data:`HUB_MIN_QUERIES`) under the protocol's k-NN, and suggests mutual proximity.
+serve as neighbours (:class:`nncd_ray.knn.statistics.Hubness`): the skewness of their k-occurrence,
+the most used references and how many are never among any query's k nearest. ``hub_note`` (or null)
+says when one reference is the nearest neighbour of at least :data:`HUB_SHARE` of the queries (and
+of at least :data:`HUB_MIN_QUERIES`) under the protocol's k-NN, and suggests mutual proximity.
 
 Predictions, one JSON object per evaluated query, in row order::
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nncd_ray.knn import Hubness, KNNMetrics
+from nncd_ray.knn.statistics import Hubness, KNNMetrics
 from nncd_ray.matrix.store.truncation import TruncationCount
 
 # A reference that is the nearest neighbour of this share of the queries (and of at least
@@ -61,7 +61,9 @@ def _ranges(rows: Iterable[int]) -> str:
     return ", ".join(parts)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def format_number(value: float | None, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, or ``n/a`` when there is none: how reports and study
+    tables print rates and accuracies."""
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
@@ -80,7 +82,7 @@ def describe_compressor(compressor: dict[str, Any] | None) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluationReport:
-    """What :func:`nncd_ray.evaluate.evaluate_store` found. ``predictions[k][i]`` is the label
+    """What :func:`nncd_ray.knn.evaluate.evaluate_store` found. ``predictions[k][i]`` is the label
     predicted for the i-th evaluated query (row ``query_rows[i]``), ``None`` without neighbours."""
 
     store: str
@@ -92,7 +94,7 @@ class EvaluationReport:
     n_queries: int
     n_refs: int
     results: tuple[KNNMetrics, ...]
-    # see nncd_ray.evaluate.compression_summary
+    # see nncd_ray.knn.evaluate.compression_summary
     compression: dict[str, Any]
     compressor: dict[str, Any] | None
     skipped_rows: tuple[int, ...]
@@ -276,9 +278,9 @@ class EvaluationReport:
         compression = self.compression
         if compression.get("bits_per_byte") is not None:
             lines.append(
-                f"- bits per byte: {_fmt(compression['bits_per_byte'])} (total bits / total bytes "
-                f"scored over {compression['n_documents']} documents; mean of per-document rates "
-                f"{_fmt(compression.get('bits_per_byte_mean_doc'))})"
+                f"- bits per byte: {format_number(compression['bits_per_byte'])} (total bits / "
+                f"total bytes scored over {compression['n_documents']} documents; mean of "
+                f"per-document rates {format_number(compression.get('bits_per_byte_mean_doc'))})"
             )
         if self.truncation_note is not None:
             lines.append(f"- **truncation:** {self.truncation_note}")
