@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from nncd_ray.copy_circuit import CircuitLock, CopyCircuit, seed_copy_circuit
 from nncd_ray.errors import ConfigError
+from nncd_ray.training.copy_circuit import CircuitLock, CopyCircuit, seed_copy_circuit
 
 
 def _model(layers: int = 2, **extra: object) -> LlamaForCausalLM:

@@ -17,19 +17,14 @@ import pytest
 import torch
 
 from nncd_ray.errors import ConfigError, UnknownCompressor
-from nncd_ray.lm_eval import classical_bits, document_bits, heldout_bits
 from nncd_ray.scorers.lm.loading import embedded_model_dir, load_causal_lm
-from nncd_ray.training import (
-    ModelShape,
-    TrainConfig,
-    compiler_available,
-    embedding_lr_scale,
-    learning_rate,
-    load_books,
-    prepare_data,
-    split_book,
-    train_language_model,
-)
+from nncd_ray.training.bits_per_byte import classical_bits, document_bits, heldout_bits
+from nncd_ray.training.books import load_books, split_book
+from nncd_ray.training.compilation import compiler_available
+from nncd_ray.training.config import ModelShape, TrainConfig
+from nncd_ray.training.loop import train_language_model
+from nncd_ray.training.schedule import embedding_lr_scale, learning_rate
+from nncd_ray.training.sequences import prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
 GUTENBERG = ROOT.parent / "shared" / "data" / "gutenberg"
@@ -309,7 +304,7 @@ def test_noise_spans_train_and_are_recorded(books_dir: Path, tmp_path: Path) -> 
     import argparse
 
     from nncd_ray.cli.train import add_arguments, config_from_args
-    from nncd_ray.training_docs import DocumentMix
+    from nncd_ray.training.documents import DocumentMix
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -368,7 +363,9 @@ def test_residual_dropout_trains_only_and_leaves_the_saved_model_plain(
     import argparse
 
     from nncd_ray.cli.train import add_arguments, config_from_args
-    from nncd_ray.training import add_residual_dropout, build_model, prepare_data
+    from nncd_ray.training.dropout import add_residual_dropout
+    from nncd_ray.training.model import build_model
+    from nncd_ray.training.sequences import prepare_data
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -1,4 +1,4 @@
-"""Training sequences of documents joined by [e] (nncd_ray.training_docs)."""
+"""Training sequences of documents joined by [e] (nncd_ray.training.documents)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 
 from nncd_ray.errors import ConfigError
-from nncd_ray.testing.tiny_models import byte_level_bpe
-from nncd_ray.training import TrainConfig, training_windows
-from nncd_ray.training_docs import (
+from nncd_ray.training.config import TrainConfig
+from nncd_ray.training.documents import (
     IGNORE_INDEX,
     DocumentMix,
     build_documents,
     document_sequences,
     split_window,
 )
+from nncd_ray.training.sequences import training_windows
+from nncd_ray.training.tokenizer import byte_level_bpe
 
 EOS = 1
 

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from nncd_ray.bench.machine import machine_info, peak_rss_bytes
-from nncd_ray.cli.train import DEFAULT_DATA
 from nncd_ray.codec import CodecConfig, LMCodec
 from nncd_ray.errors import ConfigError, InputError
 from nncd_ray.scorers.lm.loading import LoadedModel, embedded_model_dir, load_causal_lm
+from nncd_ray.training.books import DEFAULT_DATA
 
 HELD_OUT_FRACTION = 0.05
 

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from nncd_ray.bench.machine import machine_info, matmul_rate
-from nncd_ray.cli.train import DEFAULT_DATA
 from nncd_ray.errors import ConfigError, NNCDError
-from nncd_ray.training import TrainConfig, train_language_model
-from nncd_ray.training_docs import DocumentMix
+from nncd_ray.training.books import DEFAULT_DATA
+from nncd_ray.training.config import TrainConfig
+from nncd_ray.training.documents import DocumentMix
+from nncd_ray.training.loop import train_language_model
 
 
 def _timed_run(config: TrainConfig, skip: int) -> dict[str, Any]:

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from nncd_ray.cli.train import DEFAULT_DATA
 from nncd_ray.errors import ConfigError, NNCDError
 from nncd_ray.knn.accumulator import KNNAccumulator
 from nncd_ray.knn.labels import LabelCodec
 from nncd_ray.knn.mutual_proximity import ColumnMoments, mutual_proximity, row_moments
 from nncd_ray.knn.statistics import Hubness
 from nncd_ray.ncd import ncd_matrix
+from nncd_ray.training.books import DEFAULT_DATA
 
 KS = (1, 3, 5)
 # characters of a hub reference shown in the report
@@ -84,7 +84,7 @@ def unseen_split(
     data_dir: Path, unseen: Sequence[str], per_book: int, holdout_fraction: float = 0.05
 ) -> Split:
     """Queries and references from the first ``1 − holdout_fraction`` of each unseen book."""
-    from nncd_ray.training import load_books
+    from nncd_ray.training.books import load_books
 
     if per_book < 2:
         raise ConfigError("--per-book must be at least 2 (a query and a reference per book)")

@@ -10,10 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from nncd_ray.training import ModelShape, TrainConfig
-from nncd_ray.training_docs import DocumentMix
-
-DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "gutenberg"
+from nncd_ray.training.books import DEFAULT_DATA
+from nncd_ray.training.config import ModelShape, TrainConfig
+from nncd_ray.training.documents import DocumentMix
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -265,7 +264,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     if args.evaluate_only:
-        from nncd_ray.lm_eval import evaluate_model
+        from nncd_ray.training.bits_per_byte import evaluate_model
 
         report = evaluate_model(
             str(args.out),
@@ -276,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(json.dumps(report, indent=2))
         return 0
-    from nncd_ray.training import train_language_model
+    from nncd_ray.training.loop import train_language_model
 
     result = train_language_model(config_from_args(args))
     summary = {

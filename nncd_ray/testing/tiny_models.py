@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from nncd_ray.errors import ConfigError
+from nncd_ray.training.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, byte_level_bpe
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerFast
@@ -34,9 +35,6 @@ ARCHITECTURES: tuple[str, ...] = (
     "phi3",
 )
 
-BOS_TOKEN = "<|bos|>"
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
 
 # used when no training text is given: enough variety for a few hundred merges
 FALLBACK_TEXT: tuple[str, ...] = (
@@ -50,44 +48,6 @@ FALLBACK_TEXT: tuple[str, ...] = (
     "Scientists announced the launch date of a new space probe to study the outer planets.",
     "0123456789 !?.,;:'\"()[]{}<>-_/\\@#$%^&*+=~`|",
 )
-
-
-def byte_level_bpe(lines: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer with BOS, EOS and PAD special tokens on ``lines`` as given.
-
-    Byte-level means every UTF-8 string is encodable (the 256 byte symbols are always in the
-    vocabulary), so ``vocab_size`` must be at least 259. The tokenizer adds no special tokens on
-    its own: the scorer places BOS/EOS explicitly (DESIGN.md §2). Shared by the tiny test models
-    and the embedded model's training recipe.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    if vocab_size < len(alphabet) + len(specials):
-        raise ConfigError(
-            f"vocab_size {vocab_size} is too small for a byte-level BPE "
-            f"(needs at least {len(alphabet) + len(specials)})"
-        )
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=specials,
-        initial_alphabet=alphabet,
-        show_progress=False,
-    )
-    backend.train_from_iterator(lines, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        model_max_length=1 << 30,
-    )
 
 
 def train_bpe_tokenizer(

@@ -145,7 +145,7 @@ def heldout_gutenberg(
     stride: int | None = None,
 ) -> dict[str, BitsPerByte]:
     """Per-book held-out bits (the last ``holdout_fraction`` of each book's bytes)."""
-    from nncd_ray.training import load_books
+    from nncd_ray.training.books import load_books
 
     return {
         book.name: BitsPerByte(
@@ -215,7 +215,7 @@ def evaluate_model(
     import torch
 
     from nncd_ray.scorers.lm.loading import load_causal_lm
-    from nncd_ray.training import load_books
+    from nncd_ray.training.books import load_books
 
     loaded = load_causal_lm(model, device=torch.device("cpu"), dtype=torch.float32)
     heldout = [b.heldout for b in load_books(gutenberg_dir, holdout_fraction)]
