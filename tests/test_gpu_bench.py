@@ -1,0 +1,38 @@
+"""Smoke test of ``python -m nncd_ray.bench.gpu``: every step with tiny shapes on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nncd_ray.bench.gpu import main
+from tests.paths import SHARED_DATA
+
+
+def test_gpu_bench_quick_on_cpu(tmp_path: Path) -> None:
+    code = main(
+        [
+            "--data",
+            str(SHARED_DATA / "agnews" / "test.csv"),
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    results = json.loads((tmp_path / "gpu.json").read_text())
+    for model in ("gpt2-small", "llama-1.2b"):
+        figures = results["models"][model]
+        assert figures["prefix_cached"]["path"] == "prefix-cached"
+        assert figures["naive"]["path"] == "naive"
+        assert figures["prefix_cached"]["pairs"] == figures["naive"]["pairs"] == 4 * 100
+        # float32: the two paths give the same code lengths
+        assert figures["max_abs_difference_bits"] < 1e-3
+    assert results["end_to_end"]["pairs"] == 4 * 100
+    assert results["embedded"]["max_abs_difference_vs_cpu_bits"] == 0.0
+    table = (tmp_path / "gpu.md").read_text()
+    assert "| gpt2-small | prefix-cached |" in table and "End to end" in table
