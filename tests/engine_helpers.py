@@ -16,6 +16,7 @@ import numpy as np
 
 from nncd_ray.data.corpus import Corpus
 from nncd_ray.matrix.store.matrix_store import MatrixStore
+from nncd_ray.matrix.store.reader import StoreReader
 from nncd_ray.matrix.tiling import TilePlan
 from nncd_ray.scorers import ScorerSpec, make_scorer
 from nncd_ray.scorers.synthetic import text_checksum
@@ -98,7 +99,8 @@ def assert_store_matches(
     store = MatrixStore.open(path, storage_options=storage_options)
     assert store.done_mask().all()
     expected = scorer.pair_bits(rows.texts, col_docs.texts).astype(np.float32)
-    got = store.read_pair_bits(0, len(rows))
+    reader = StoreReader(store)  # the project's one reader: every value checked
+    got = reader.rows("pair_bits", 0, len(rows))
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=0)
     np.testing.assert_allclose(
         store.row_bits(), scorer.document_bits(rows.texts).astype(np.float32), rtol=rtol
@@ -109,10 +111,10 @@ def assert_store_matches(
     if store.has_reversed:
         reversed_expected = scorer.pair_bits(col_docs.texts, rows.texts).T.astype(np.float32)
         np.testing.assert_allclose(
-            store.read_pair_bits(0, len(rows), reversed_order=True), reversed_expected, rtol=rtol
+            reader.rows("pair_bits_reversed", 0, len(rows)), reversed_expected, rtol=rtol
         )
-    assert store.ids("row") == list(rows.ids)
-    assert store.ids("col") == list(col_docs.ids)
+    assert reader.document_values("row_ids") == list(rows.ids)
+    assert reader.document_values("col_ids") == list(col_docs.ids)
     return store
 
 

@@ -17,6 +17,7 @@ from nncd_ray.errors import ClusterError, ConfigError, StoreMismatch, TileFailed
 from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
 from nncd_ray.matrix.store.lease import Lease
 from nncd_ray.matrix.store.matrix_store import MatrixStore
+from nncd_ray.matrix.store.reader import StoreReader
 from nncd_ray.scorers import ScorerSpec
 
 SYNTHETIC = ScorerSpec(name="synthetic", options={})
@@ -145,7 +146,8 @@ def test_cli_matrix_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert summary["tiles_total"] == 9 and summary["executor"] == "local"
     gzip6 = ScorerSpec(name="gzip", options={"level": 6})
     assert_store_matches(str(store), gzip6, docs, None)
-    assert MatrixStore.open(str(store)).labels("row").tolist() == [0, 1, 2, 0, 1, 2, 0]  # type: ignore[union-attr]
+    reader = StoreReader(MatrixStore.open(str(store)))
+    assert reader.document_values("row_labels") == [0, 1, 2, 0, 1, 2, 0]
 
     assert main(["status", "--store", str(store)]) == 0
     text = capsys.readouterr().out

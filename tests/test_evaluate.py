@@ -13,11 +13,13 @@ import pytest
 from knn_store_helpers import synthetic_bits, write_plain_store
 
 import nncd_ray.knn.evaluate as evaluate_module
+import nncd_ray.matrix.store.reader as reader_module
 from nncd_ray.cli import knn as knn_cli
 from nncd_ray.errors import ConfigError, IncompleteMatrix, InputError, StoreError, StoreNotFound
 from nncd_ray.knn.accumulator import knn_classify
 from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
 from nncd_ray.knn.statistics import Hubness
+from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.ncd import ncd_matrix
 
 KS = (1, 3, 5)
@@ -109,7 +111,7 @@ def test_reading_is_block_bounded(
     """No read of pair_bits ever covers more rows than one block; the result does not depend on
     the block size."""
     read_shapes: list[tuple[int, ...]] = []
-    original = evaluate_module._array
+    original = MatrixStore.array
 
     class Spy:
         def __init__(self, array: Any) -> None:
@@ -121,13 +123,13 @@ def test_reading_is_block_bounded(
             read_shapes.append(np.shape(values))
             return values
 
-    def spying(group: Any, name: str) -> Any:
-        array = original(group, name)
+    def spying(store: MatrixStore, name: str) -> Any:
+        array = original(store, name)
         return Spy(array) if name == "pair_bits" else array
 
     whole = evaluate_store(EvaluationConfig(store=rectangular["store"], ks=KS))
-    monkeypatch.setattr(evaluate_module, "_array", spying)
-    monkeypatch.setattr(evaluate_module, "BAND_BYTES", 0)  # no band of tiles fits
+    monkeypatch.setattr(MatrixStore, "array", spying)
+    monkeypatch.setattr(reader_module, "BAND_BYTES", 0)  # no band of tiles fits
     blocked = evaluate_store(EvaluationConfig(store=rectangular["store"], ks=KS, block_rows=3))
     # one chunk piece (at most 3 rows of one 5-column tile) per read, every cell read once
     assert read_shapes and all(shape[0] <= 3 and shape[1] <= 5 for shape in read_shapes)
@@ -137,7 +139,7 @@ def test_reading_is_block_bounded(
 
     # a band of tiles within BAND_BYTES is read once (whole chunks) and shared by its blocks
     read_shapes.clear()
-    monkeypatch.setattr(evaluate_module, "BAND_BYTES", 5 * 17 * 4)
+    monkeypatch.setattr(reader_module, "BAND_BYTES", 5 * 17 * 4)
     banded = evaluate_store(EvaluationConfig(store=rectangular["store"], ks=KS, block_rows=2))
     assert all(shape[0] <= 5 and shape[1] <= 5 for shape in read_shapes)
     assert sum(shape[0] * shape[1] for shape in read_shapes) == 23 * 17

@@ -92,7 +92,7 @@ def test_classification_survives_pickling() -> None:
 
 
 class FakeBook:
-    """The parts of JobBook the policy calls."""
+    """The parts of TileLedger the policy calls."""
 
     def __init__(self) -> None:
         self.attempts_failed = 0

@@ -16,8 +16,10 @@ import zarr
 
 from nncd_ray.data.corpus import Corpus
 from nncd_ray.errors import StoreError, StoreLocked, StoreMismatch, StoreNotFound
+from nncd_ray.matrix.store.fingerprint import fingerprint_differences
+from nncd_ray.matrix.store.layout import FORMAT
 from nncd_ray.matrix.store.lease import Lease, LeaseInfo, lease_url
-from nncd_ray.matrix.store.matrix_store import FORMAT, MatrixStore, fingerprint_differences
+from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.matrix.tiling import TilePlan
 
 ROWS = Corpus.from_texts(
@@ -108,11 +110,10 @@ def test_layout_is_the_public_one(tmp_path: Path) -> None:
 def test_square_store_has_equal_columns_and_no_reversed_array(tmp_path: Path) -> None:
     store = make(tmp_path / "sq.zarr", variant="ncd-min", square=True)
     assert store.square and not store.has_reversed
-    assert store.ids("col") == store.ids("row") == list(ROWS.ids)
-    assert (store.doc_bytes("col") == store.doc_bytes("row")).all()
-    row_labels, col_labels = store.labels("row"), store.labels("col")
-    assert row_labels is not None and col_labels is not None
-    assert np.array_equal(row_labels, col_labels)
+    col_ids, row_ids = store.array("col_ids")[:], store.array("row_ids")[:]
+    assert col_ids.tolist() == row_ids.tolist() == list(ROWS.ids)
+    assert (store.array("col_bytes")[:] == store.array("row_bytes")[:]).all()
+    assert np.array_equal(store.array("row_labels")[:], store.array("col_labels")[:])
 
 
 def test_tile_write_touches_only_its_own_chunks(tmp_path: Path) -> None:
@@ -128,7 +129,7 @@ def test_tile_write_touches_only_its_own_chunks(tmp_path: Path) -> None:
     store.mark_done(tile)
     mask = store.done_mask()
     assert mask.tolist() == [[False, False], [False, False], [False, True]]
-    values = store.read_pair_bits(0, 10)
+    values = np.asarray(store.array("pair_bits")[:])
     assert np.array_equal(values[8:10, 4:7], pair.astype(np.float32))
     assert np.isnan(values[:8]).all() and np.isnan(values[:, :4]).all()
     assert store.row_bits()[8:].tolist() == [1.0, 2.0]
@@ -148,7 +149,7 @@ def test_reversed_array_is_required_for_rectangular_ncd_min(tmp_path: Path) -> N
         pair_bits=np.ones((4, 4)),
         pair_bits_reversed=np.full((4, 4), 2.0),
     )
-    assert (store.read_pair_bits(0, 4, reversed_order=True)[:, :4] == 2).all()
+    assert (store.array("pair_bits_reversed")[:4, :4] == 2).all()
 
 
 def test_resume_with_same_config_keeps_the_data(tmp_path: Path) -> None:
@@ -159,7 +160,7 @@ def test_resume_with_same_config_keeps_the_data(tmp_path: Path) -> None:
     store.mark_done(tile)
     again = make(path)
     assert again.done_mask()[0, 0]
-    assert (again.read_pair_bits(0, 4)[:, :4] == 5).all()
+    assert (again.array("pair_bits")[:4, :4] == 5).all()
 
 
 def test_mismatch_is_refused_and_leaves_the_store_unchanged(tmp_path: Path) -> None:

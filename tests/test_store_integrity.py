@@ -162,13 +162,13 @@ def test_running_the_same_command_heals_a_corrupted_store(tmp_path: Path, finish
 
 
 def test_resume_without_verification_trusts_the_markers(finished: Path) -> None:
-    """``verify=False`` on :meth:`JobBook.begin` is the old, cheap behaviour (the engine keeps the
-    default, verify)."""
-    from nncd_ray.matrix.tile_ledger import JobBook
+    """``verify=False`` on :meth:`TileLedger.begin` is the old, cheap behaviour (the engine keeps
+    the default, verify)."""
+    from nncd_ray.matrix.tile_ledger import TileLedger
 
     flip_bit(chunk(finished, "pair_bits", 1, 2))
     store = MatrixStore.open(str(finished), mode="r+")
-    book = JobBook.begin(
+    book = TileLedger.begin(
         store, store.plan, executor="local", progress=False, started=0.0, verify=False
     )
     assert book.todo == [] and book.reverified == {}

@@ -12,6 +12,7 @@ from engine_helpers import corpus
 
 from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
 from nncd_ray.matrix.store.matrix_store import MatrixStore
+from nncd_ray.matrix.store.reader import StoreReader
 from nncd_ray.scorers import ScorerSpec
 
 
@@ -40,6 +41,6 @@ def test_xarray_opens_a_finished_store_with_ids_and_labels(tmp_path: Path) -> No
     assert list(pair_bits.coords["col_labels"].values) == list(cols.labels or ())
     # one value: C(q3 r5) in bits, found by id, equals what the project's own reader gives
     value = pair_bits.swap_dims(row="row_ids", col="col_ids").sel(row_ids="q3", col_ids="r5")
-    expected = MatrixStore.open(path).read_pair_bits(3, 4)[0, 5]
+    expected = StoreReader(MatrixStore.open(path)).rows("pair_bits", 3, 4)[0, 5]
     assert float(value) == float(expected) and np.isfinite(expected) and expected > 0
     assert dataset["row_bits"].attrs["units"] == "bits"

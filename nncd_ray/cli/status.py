@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 from nncd_ray.cli.common import parse_options
-from nncd_ray.matrix.store.integrity import UndecodableChunk, verify_store
+from nncd_ray.matrix.store.chunks import UndecodableChunk
+from nncd_ray.matrix.store.integrity import verify_store
 from nncd_ray.matrix.store.lease import Lease
 from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.matrix.store.storage_errors import store_errors

@@ -206,7 +206,7 @@ class NCDKNNClassifier(ClassifierMixin, BaseEstimator):
         ``store_query_ids_``, ``store_query_rows_`` and ``store_report_`` (the full report:
         accuracy, macro-F1, confusion, bits per byte).
         """
-        from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store, open_store_group
+        from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
 
         classifier = cls(n_neighbors=n_neighbors)
         k = classifier._check_params()
@@ -220,8 +220,7 @@ class NCDKNNClassifier(ClassifierMixin, BaseEstimator):
                 storage_options=storage_options,
             )
         )
-        group = open_store_group(url, storage_options)
-        classifier.fit(None, np.asarray(group["col_labels"][:]).tolist())  # type: ignore[index]
+        classifier.fit(None, list(report.reference_labels))
         classifier.store_report_ = report
         classifier.store_predictions_ = np.asarray(report.predictions[k])
         classifier.store_query_ids_ = report.query_ids

@@ -94,7 +94,7 @@ class EvaluationReport:
     n_queries: int
     n_refs: int
     results: tuple[KNNMetrics, ...]
-    # see nncd_ray.knn.evaluate.compression_summary
+    # see nncd_ray.knn.compression.compression_summary
     compression: dict[str, Any]
     compressor: dict[str, Any] | None
     skipped_rows: tuple[int, ...]

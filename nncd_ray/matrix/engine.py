@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 from nncd_ray.errors import TileFailed
 from nncd_ray.matrix.config import MatrixConfig
 from nncd_ray.matrix.failures import RetryPolicy, classify
+from nncd_ray.matrix.store.fingerprint import corpus_fingerprint
+from nncd_ray.matrix.store.layout import FORMAT
 from nncd_ray.matrix.store.lease import Lease
-from nncd_ray.matrix.store.matrix_store import FORMAT, MatrixStore, corpus_fingerprint
-from nncd_ray.matrix.tile_ledger import JobBook, MatrixSummary
+from nncd_ray.matrix.store.matrix_store import MatrixStore
+from nncd_ray.matrix.tile_ledger import MatrixSummary, TileLedger
 from nncd_ray.matrix.tiling import Tile, TilePlan
 from nncd_ray.matrix.worker import TileWorker
 
@@ -64,21 +66,21 @@ def compute_matrix(config: MatrixConfig, rows: Corpus, cols: Corpus | None = Non
             # refuse a wrong resume before starting a cluster or loading a model
             MatrixStore.check_existing(config.store, base, storage_options=options)
         if config.executor == "local":
-            book = _run_local(config, plan, base, rows, cols, lease, started, policy)
+            ledger = _run_local(config, plan, base, rows, cols, lease, started, policy)
         else:
             from nncd_ray.matrix.cluster.executor import RayExecutor
 
             with RayExecutor(config, rows, cols) as executor:
                 fingerprint = executor.start()
                 store = _open_store(config, plan, base, fingerprint, rows, cols)
-                book = JobBook.begin(
+                ledger = TileLedger.begin(
                     store, plan, executor="ray", progress=config.progress, started=started
                 )
                 try:
-                    executor.run(book.todo, book, lease, policy)
+                    executor.run(ledger.todo, ledger, lease, policy)
                 finally:
-                    book.close()
-    summary = book.summary()
+                    ledger.close()
+    summary = ledger.summary()
     if summary.tiles_failed or policy.stopped is not None:
         error = TileFailed(failure_message(config, summary, policy))
         error.summary = summary  # type: ignore[attr-defined]
@@ -155,7 +157,7 @@ def _run_local(
     lease: Lease,
     started: float,
     policy: RetryPolicy,
-) -> JobBook:
+) -> TileLedger:
     """The in-process executor: same store, markers, retries and counters as the Ray one."""
     worker = TileWorker(
         spec=config.scorer,
@@ -165,32 +167,34 @@ def _run_local(
         col_texts=None if cols is None else cols.texts,
     )
     store = _open_store(config, plan, base, worker.fingerprint(), rows, cols)
-    book = JobBook.begin(store, plan, executor="local", progress=config.progress, started=started)
-    book.worker_ready()
+    ledger = TileLedger.begin(
+        store, plan, executor="local", progress=config.progress, started=started
+    )
+    ledger.worker_ready()
     try:
-        for position, tile in enumerate(book.todo):
+        for position, tile in enumerate(ledger.todo):
             lease.check()
             if policy.stopped is not None:
-                policy.not_attempted = len(book.todo) - position
+                policy.not_attempted = len(ledger.todo) - position
                 break
-            _compute_with_retries(worker, tile, book, policy)
+            _compute_with_retries(worker, tile, ledger, policy)
     finally:
-        book.close()
-    return book
+        ledger.close()
+    return ledger
 
 
 def _compute_with_retries(
-    worker: TileWorker, tile: Tile, book: JobBook, policy: RetryPolicy
+    worker: TileWorker, tile: Tile, ledger: TileLedger, policy: RetryPolicy
 ) -> None:
     while True:
         try:
             result = worker.compute(tile)
         except Exception as exc:  # any failure of one tile: classify, retry or record it
-            if not policy.on_failure(tile, classify(exc), book):
+            if not policy.on_failure(tile, classify(exc), ledger):
                 return
             continue
         policy.on_success(tile)
-        book.tile_done(tile, result)
+        ledger.tile_done(tile, result)
         return
 
 

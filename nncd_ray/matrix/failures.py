@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from nncd_ray.errors import CodecError, ConfigError, InputError, ModelNotFound, StoreMismatch
 
 if TYPE_CHECKING:
-    from nncd_ray.matrix.tile_ledger import JobBook
+    from nncd_ray.matrix.tile_ledger import TileLedger
     from nncd_ray.matrix.tiling import Tile
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class TileAttemptFailed(RuntimeError):
 class RetryPolicy:
     """Attempts per tile and the stop rule of one job run (driver side; see the module doc).
 
-    After each failed attempt call :meth:`on_failure` (it records the attempt in the job's book
+    After each failed attempt call :meth:`on_failure` (it records the attempt in the job's ledger
     and says whether to try the tile again), after each stored tile :meth:`on_success`, and
     before handing out another tile look at :attr:`stopped`.
     """
@@ -145,13 +145,13 @@ class RetryPolicy:
     # kinds of deterministic failure already logged (the first of each kind is a warning)
     _logged: set[str] = field(default_factory=set)
 
-    def on_failure(self, tile: Tile, failure: Failure, book: JobBook) -> bool:
-        """Record a failed attempt of ``tile`` in ``book``; True when it should be tried again."""
+    def on_failure(self, tile: Tile, failure: Failure, ledger: TileLedger) -> bool:
+        """Record a failed attempt of ``tile`` in ``ledger``; True when it should be tried again."""
         key = tile.key
         self.attempts[key] += 1
         attempt = self.attempts[key]
         if failure.deterministic:
-            book.attempts_failed += 1
+            ledger.attempts_failed += 1
             level = logging.DEBUG if failure.kind in self._logged else logging.WARNING
             self._logged.add(failure.kind)
             log.log(
@@ -161,13 +161,13 @@ class RetryPolicy:
                 failure.message,
             )
         else:
-            book.attempt_failed(tile, failure.message, attempt)
+            ledger.attempt_failed(tile, failure.message, attempt)
             if attempt < self.max_attempts:
                 return True
         self.given_up[key] = failure
         if failure.deterministic:
             self.streak.append((key, failure))
-        book.tile_failed(tile, failure.message)
+        ledger.tile_failed(tile, failure.message)
         return False
 
     def on_success(self, tile: Tile) -> None:

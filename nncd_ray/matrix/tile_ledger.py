@@ -1,9 +1,13 @@
-"""The driver's bookkeeping of a matrix job: markers, counters, failures, progress bar, summary.
+"""The tile ledger: the driver's record of one matrix job, and the only writer of the tile
+completion markers that resume trusts.
 
-Only per-tile metadata passes through here (a few numbers per tile), never scores. Counters are
-written to the store's ``progress`` attribute at most every :data:`FLUSH_EVERY_S` seconds (a
-group attribute update rewrites ``zarr.json``; on S3 that is one PUT) and at the end;
-``tiles_done`` in the store is the truth, these counters are for ``nncd status``.
+:meth:`TileLedger.begin` reads the markers and plans the tiles still to compute;
+:meth:`TileLedger.tile_done` sets a tile's marker in the store after its worker reported the tile's
+data written, and counts it. It also keeps the failures, the progress bar and the summary. Only
+per-tile metadata passes through here (a few numbers per tile), never scores. Counters are written
+to the store's ``progress`` attribute at most every :data:`FLUSH_EVERY_S` seconds (a group attribute
+update rewrites ``zarr.json``; on S3 that is one PUT) and at the end; ``tiles_done`` in the store is
+the truth, these counters are for ``nncd status``.
 
 A resumed job first verifies the tiles already marked done
 (:func:`nncd_ray.matrix.store.integrity.verify_store`: checksums and values, one read of the done
@@ -26,12 +30,9 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from nncd_ray.matrix.store.integrity import (
-    PER_DOCUMENT_ARRAYS,
-    TileProblem,
-    UndecodableChunk,
-    verify_store,
-)
+from nncd_ray.matrix.store.chunks import TileProblem, UndecodableChunk
+from nncd_ray.matrix.store.integrity import verify_store
+from nncd_ray.matrix.store.layout import PER_DOCUMENT_ARRAYS
 from nncd_ray.matrix.store.storage_errors import store_errors
 from nncd_ray.matrix.store.truncation import TruncationCount, count_truncated
 
@@ -131,8 +132,9 @@ def _tiles_to_recompute(problems: Sequence[TileProblem], mask: NDArray[np.bool_]
     return chosen
 
 
-class JobBook:
-    """Bookkeeping of one ``compute_matrix`` call on one store (driver side)."""
+class TileLedger:
+    """The ledger of one ``compute_matrix`` call on one store (driver side): which tiles are to
+    do, which are done (it sets their markers), which failed, and the counters."""
 
     def __init__(
         self,
@@ -192,7 +194,7 @@ class JobBook:
         progress: bool,
         started: float,
         verify: bool = True,
-    ) -> JobBook:
+    ) -> TileLedger:
         """Read the store's markers and plan the tiles still to compute (largest first).
 
         With ``verify`` (the default), the tiles already marked done are read and checked first
@@ -214,7 +216,7 @@ class JobBook:
                 log.warning("failed verification, recomputing it: %s", description)
         done = [(int(r), int(c)) for r, c in zip(*mask.nonzero(), strict=True)]
         todo = plan.tiles(skip=done)
-        book = cls(
+        ledger = cls(
             store,
             plan,
             todo,
@@ -224,8 +226,8 @@ class JobBook:
             reverified=reverified,
             verify_seconds=verify_seconds,
         )
-        book.flush(force=True)
-        return book
+        ledger.flush(force=True)
+        return ledger
 
     # -- events --------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from nncd_ray.errors import InvalidCodeLengths
-from nncd_ray.matrix.store.integrity import code_length_problem
+from nncd_ray.matrix.store.chunks import code_length_problem
 from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.matrix.tiling import Tile
 from nncd_ray.scorers import ScorerSpec, make_scorer

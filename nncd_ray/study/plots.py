@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nncd_ray.errors import ConfigError
-from nncd_ray.knn.evaluate import open_store_group
-from nncd_ray.ncd import ncd_matrix
+from nncd_ray.knn.evaluate import NCDRows
+from nncd_ray.matrix.store.matrix_store import MatrixStore
+from nncd_ray.matrix.store.reader import StoreReader
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -101,29 +102,13 @@ def plot_confusion(confusion: Any, labels: tuple[Any, ...], title: str, path: Pa
 
 
 def plot_ncd_block(store: str, title: str, path: Path, variant: str) -> Path:
-    """Heatmap of NCD over the first ``BLOCK`` rows and columns, grouped by label."""
-    group = open_store_group(store)
-    pair_bits = group["pair_bits"]
-    n_rows = min(BLOCK, int(pair_bits.shape[0]))  # type: ignore[union-attr]
-    n_cols = min(BLOCK, int(pair_bits.shape[1]))  # type: ignore[union-attr]
-    block = np.asarray(pair_bits[:n_rows, :n_cols])  # type: ignore[index]
-    reversed_block = None
-    if variant == "ncd-min":
-        if bool(group.attrs.get("square")):
-            n_rows = n_cols = min(n_rows, n_cols)
-            block = block[:n_rows, :n_cols]
-            reversed_block = block.T
-        else:
-            reversed_block = np.asarray(group["pair_bits_reversed"][:n_rows, :n_cols])  # type: ignore[index]
-    distances = ncd_matrix(
-        np.asarray(group["row_bits"][:n_rows]),  # type: ignore[index]
-        np.asarray(group["col_bits"][:n_cols]),  # type: ignore[index]
-        block,
-        variant,
-        pair_bits_reversed=reversed_block,
-    )
-    row_labels = _labels(group, "row_labels", n_rows)
-    col_labels = _labels(group, "col_labels", n_cols)
+    """Heatmap of NCD over the first ``BLOCK`` rows and columns, grouped by label (read through
+    the checked store reader, like the k-NN stage)."""
+    reader = StoreReader(MatrixStore.open(store))
+    n_rows, n_cols = min(BLOCK, reader.n_rows), min(BLOCK, reader.n_cols)
+    distances = NCDRows(reader, variant).distances(0, n_rows)[:, :n_cols]
+    row_labels = _labels(reader, "row_labels", n_rows)
+    col_labels = _labels(reader, "col_labels", n_cols)
     row_order = np.argsort(np.asarray(row_labels, dtype=str), kind="stable")
     col_order = np.argsort(np.asarray(col_labels, dtype=str), kind="stable")
     shown = distances[np.ix_(row_order, col_order)]
@@ -152,11 +137,9 @@ def plot_ncd_block(store: str, title: str, path: Path, variant: str) -> Path:
     return path
 
 
-def _labels(group: Any, name: str, n: int) -> list[Any]:
-    if name not in group:
-        return [""] * n
-    values: list[Any] = np.asarray(group[name][:n]).tolist()
-    return values
+def _labels(reader: StoreReader, name: str, n: int) -> list[Any]:
+    """The first ``n`` labels of ``name`` (``""`` each when the store has none)."""
+    return reader.document_values(name)[:n] if reader.has(name) else [""] * n
 
 
 def write_plots(result: StudyResult, out: Path) -> list[str]:

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from nncd_ray.data.corpus import Corpus
     from nncd_ray.matrix.config import MatrixConfig
     from nncd_ray.matrix.store.lease import Lease
-    from nncd_ray.matrix.tile_ledger import JobBook
+    from nncd_ray.matrix.tile_ledger import TileLedger
     from nncd_ray.matrix.tiling import Tile
     from nncd_ray.scorers import ScorerSpec
 
@@ -403,11 +403,13 @@ class RayExecutor:
                 finished.append((slot, ref))
         return finished
 
-    def run(self, todo: Sequence[Tile], book: JobBook, lease: Lease, policy: RetryPolicy) -> None:
-        """Compute ``todo`` (largest first) with the pool; failures end up in ``book``, retries
+    def run(
+        self, todo: Sequence[Tile], ledger: TileLedger, lease: Lease, policy: RetryPolicy
+    ) -> None:
+        """Compute ``todo`` (largest first) with the pool; failures end up in ``ledger``, retries
         and the early stop follow ``policy`` (tiles in flight when it stops are abandoned: their
         actors are killed on exit, and a tile without its marker is computed by a later run)."""
-        book.worker_ready()
+        ledger.worker_ready()
         pending: deque[Tile] = deque(todo)
         no_worker_since: float | None = None
         try:
@@ -428,10 +430,10 @@ class RayExecutor:
                 elif time.monotonic() - no_worker_since > self.config.actor_timeout_s:
                     raise ClusterError(self._no_start_message(time.monotonic() - no_worker_since))
                 for slot, ref in self._wait(timeout=POLL_S):
-                    self._on_tile(slot, ref, pending, policy, book)
+                    self._on_tile(slot, ref, pending, policy, ledger)
         finally:
-            book.actors_started = self.actors_started
-            book.actor_deaths = self.actor_deaths
+            ledger.actors_started = self.actors_started
+            ledger.actor_deaths = self.actor_deaths
 
     def _on_tile(
         self,
@@ -439,7 +441,7 @@ class RayExecutor:
         ref: Any,
         pending: deque[Tile],
         policy: RetryPolicy,
-        book: JobBook,
+        ledger: TileLedger,
     ) -> None:
         tile = slot.tasks.pop(ref, None)
         if tile is None:  # its actor was replaced after another of its tiles found it dead
@@ -460,7 +462,7 @@ class RayExecutor:
             self._replace(slot)
         else:
             policy.on_success(tile)
-            book.tile_done(tile, result)
+            ledger.tile_done(tile, result)
             return
-        if policy.on_failure(tile, failure, book):
+        if policy.on_failure(tile, failure, ledger):
             pending.appendleft(tile)  # retried next, by whichever actor is free first

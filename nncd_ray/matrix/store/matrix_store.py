@@ -1,123 +1,51 @@
-"""The matrix store: one Zarr v3 group per matrix job, in the public layout of DESIGN.md §5.
+"""The matrix store handle: opening, creating or resuming a store, writing tiles (chunk-aligned
+only) and their completion markers, and the group's attributes.
 
-Arrays (read them with plain zarr):
-
-- ``pair_bits`` (n_rows, n_cols) float32, chunk = one tile: C(xy) in bits, x = row, y = column; NaN
-  where not computed. ``pair_bits_reversed`` (same shape) only for rectangular ``ncd-min`` jobs:
-  C(yx), y = column document first.
-- ``row_bits`` / ``col_bits`` (n,) float32 C(x) in bits, chunked by the tile size, so a tile writes
-  whole chunks; ``row_bytes`` / ``col_bytes`` (n,) int64 UTF-8 bytes per document.
-- ``row_scored_bytes`` / ``col_scored_bytes`` (n,) int64, chunked like ``row_bits`` and written
-  with it: the UTF-8 bytes of each document that its code length covers (fewer than ``*_bytes``
-  when the compressor truncated the document; -1 until a tile has scored it). Bits per byte divides
-  by these. Stores written before they existed lack them: readers then use ``*_bytes``.
-- ``row_ids`` / ``col_ids`` (n,) strings; ``row_labels`` / ``col_labels`` (n,) int64 or strings,
-  absent when the input has no labels. Square jobs write ``col_*`` equal to ``row_*``.
-- ``tiles_done`` (tiles along rows, tiles along columns) bool, chunk (1, 1): one object per tile,
-  written only after the tile's data.
-
-Every write is chunk-aligned: aligned writes from many processes lose nothing. Completion is
-never inferred from chunk presence (zarr does not store all-NaN chunks); only ``tiles_done`` says a
-tile is complete. Every chunk carries a crc32c checksum after its zstd compression, and every array
-has ``dimension_names`` (``row``, ``col``, ``tile_row``, ``tile_col``) with the ids and labels named
-as CF ``coordinates``, so ``xarray.open_zarr(url)`` gives the labelled matrix. Group attributes:
-``format``, ``variant``, ``tile``, ``square``, ``config`` (the
-fingerprint that resume compares), ``progress``, ``failed_tiles``, ``software``, ``scorer``.
+The arrays and attributes are those of the public layout (:mod:`nncd_ray.matrix.store.layout`,
+DESIGN.md §5). Every write is chunk-aligned: aligned writes from many processes lose nothing.
+Completion is never inferred from chunk presence (zarr does not store all-NaN chunks); only
+``tiles_done`` says a tile is complete, and its marker is set only after the tile's data. Reading
+the matrix back with every value checked is :class:`~nncd_ray.matrix.store.reader.StoreReader`'s.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import platform
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
 import zarr
 from numpy.typing import NDArray
-from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.storage import FsspecStore, LocalStore
 
-from nncd_ray import __version__
-from nncd_ray.errors import IncompleteMatrix, StoreError, StoreMismatch, StoreNotFound
+from nncd_ray.errors import StoreError, StoreMismatch, StoreNotFound
+from nncd_ray.matrix.store.chunks import UndecodableChunk, read_cells
+from nncd_ray.matrix.store.fingerprint import fingerprint_differences, software_versions
+from nncd_ray.matrix.store.layout import (
+    COL_DIM,
+    FORMAT,
+    ROW_DIM,
+    TILE_DIMS,
+    coordinate_names,
+    create_document_arrays,
+    document_bytes,
+    empty_progress,
+    label_array,
+    new_array,
+    write_documents,
+)
 from nncd_ray.matrix.store.storage_errors import maps_store_errors
 from nncd_ray.matrix.tiling import Tile, TilePlan
 
 if TYPE_CHECKING:
-    from nncd_ray.data.corpus import Corpus, Label
-
-FORMAT = "nncd-matrix/1"
-# ids and labels are written once, up front, by one process: big chunks, few objects
-ID_CHUNK = 1 << 16
-# dimension names (xarray needs them): one per axis of the matrix and of the tile grid
-ROW_DIM, COL_DIM = "row", "col"
-TILE_DIMS = ("tile_row", "tile_col")
-# fill value of the scored-bytes arrays: no tile has scored the document yet
-UNSCORED = -1
-
-
-def chunk_compressors() -> tuple[ZstdCodec, Crc32cCodec]:
-    """zstd (zarr's default compressor), then a crc32c checksum of the compressed bytes: a changed
-    or truncated chunk fails to decode instead of reading back as wrong numbers. crc32c rather than
-    zstd's own checksum because it is the zarr v3 integrity codec, covers every stored byte of
-    every array whatever its compressor, and its error names the cause; measured on a 2048 x 2048
-    float32 array in 256-wide chunks, writing and reading cost the same with it as without (within
-    the noise of a run, ~0.07 s and ~0.04 s)."""
-    return ZstdCodec(level=0), Crc32cCodec()
+    from nncd_ray.data.corpus import Corpus
 
 
 def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
-
-
-def software_versions() -> dict[str, str]:
-    """Versions of what computed the numbers, read without importing heavy packages."""
-    versions = {"nncd_ray": __version__, "python": platform.python_version()}
-    for package in ("zarr", "numpy", "ray", "torch", "transformers", "tokenizers"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def corpus_fingerprint(corpus: Corpus) -> dict[str, Any]:
-    """What the store records about one document set (hash covers ids, texts, labels and order)."""
-    return {"n": len(corpus), "content_hash": corpus.content_hash()}
-
-
-def _describe(key: str, value: Any, other: Any) -> str:
-    """One side of a difference; for compressors, the name plus its settings (only the settings
-    that differ when both sides are the same compressor)."""
-    if key == "compressor" and isinstance(value, Mapping):
-        other = other if isinstance(other, Mapping) else {}
-        name = value.get("compressor", value.get("name", "?"))
-        same = name == other.get("compressor", other.get("name"))
-        rest = " ".join(
-            f"{k} {v}"
-            for k, v in sorted(value.items())
-            if k not in ("compressor", "name") and not (same and other.get(k) == v)
-        )
-        return f"{name} {rest}".strip()
-    if key in ("rows", "cols") and isinstance(value, Mapping):
-        digest = str(value.get("content_hash", "?"))[:12]
-        return f"{value.get('n', '?')} documents (sha256 {digest}…)"
-    return json.dumps(value, sort_keys=True)
-
-
-def fingerprint_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    """Human lines ``"compressor gzip level 9, not bz2 level 6"`` for every top-level key of
-    ``wanted`` whose value differs from ``stored``."""
-    lines = []
-    for key in sorted(wanted):
-        have = json.loads(json.dumps(stored.get(key), sort_keys=True))
-        want = json.loads(json.dumps(wanted[key], sort_keys=True))
-        if have != want:
-            lines.append(f"{key} {_describe(key, have, want)}, not {_describe(key, want, have)}")
-    return lines
 
 
 class MatrixStore:
@@ -300,12 +228,12 @@ class MatrixStore:
         store = cls._zarr_store(url, options, read_only=False)
         group = zarr.open_group(store=store, mode="a", use_consolidated=False)
         sides = {"row": rows, "col": rows if cols is None else cols}
-        coordinates = {side: _coordinates(side, corpus) for side, corpus in sides.items()}
+        coordinates = {side: coordinate_names(side, corpus) for side, corpus in sides.items()}
         pair_names = ("pair_bits",) + (
             ("pair_bits_reversed",) if variant == "ncd-min" and not square else ()
         )
         for name in pair_names:
-            _new_array(
+            new_array(
                 group,
                 name,
                 shape=plan.shape,
@@ -316,8 +244,8 @@ class MatrixStore:
                 attributes={"units": "bits", "coordinates": " ".join(coordinates.values())},
             )
         for side, corpus in sides.items():
-            _create_document_arrays(group, side, corpus, plan.tile)
-        _new_array(
+            create_document_arrays(group, side, corpus, plan.tile)
+        new_array(
             group,
             "tiles_done",
             shape=plan.grid,
@@ -409,16 +337,14 @@ class MatrixStore:
         """Rewrite the document arrays (``*_bytes``, ``*_ids``, ``*_labels``) that no longer decode
         or differ from the documents (the config fingerprint already matched, so the documents are
         the store's own); returns the names of the arrays rewritten."""
-        from nncd_ray.matrix.store.integrity import UndecodableChunk, read_cells
-
         repaired = []
         for side, corpus in (("row", rows), ("col", rows if cols is None else cols)):
             expected = {
-                f"{side}_bytes": _document_bytes(corpus),
+                f"{side}_bytes": document_bytes(corpus),
                 f"{side}_ids": np.array(corpus.ids, dtype=str),
             }
             if corpus.labels is not None:
-                expected[f"{side}_labels"] = _label_array(corpus.labels)
+                expected[f"{side}_labels"] = label_array(corpus.labels)
             bad = []
             for name, values in expected.items():
                 try:
@@ -429,7 +355,7 @@ class MatrixStore:
                 if stored.shape != values.shape or not (stored == values).all():
                     bad.append(name)
             if bad:
-                _write_documents(self.group, side, corpus, self.tile, created=False)
+                write_documents(self.group, side, corpus, self.tile, created=False)
                 self._arrays.clear()
                 repaired += bad
         return repaired
@@ -477,16 +403,6 @@ class MatrixStore:
     def tiles_done(self) -> int:
         return int(self.done_mask().sum())
 
-    def require_complete(self) -> None:
-        """Raise :class:`IncompleteMatrix` unless every tile is done."""
-        mask = self.done_mask()
-        missing = int(mask.size - mask.sum())
-        if missing:
-            raise IncompleteMatrix(
-                f"store {self.url} has {missing} of {mask.size} tiles not computed; resume it with "
-                "`nncd matrix` and the same settings"
-            )
-
     def row_bits(self) -> NDArray[np.float32]:
         """(n_rows,) float32 C(x) of the row documents, bits."""
         return np.asarray(self.array("row_bits")[:], dtype=np.float32)
@@ -495,19 +411,6 @@ class MatrixStore:
         """(n_cols,) float32 C(y) of the column documents, bits."""
         return np.asarray(self.array("col_bits")[:], dtype=np.float32)
 
-    def ids(self, side: str) -> list[str]:
-        """Document ids of ``side`` ``"row"`` or ``"col"``."""
-        return [str(v) for v in np.asarray(self.array(f"{side}_ids")[:])]
-
-    def labels(self, side: str) -> NDArray[Any] | None:
-        """Labels of ``side`` (int64 or str array), or ``None`` when the input had none."""
-        name = f"{side}_labels"
-        return np.asarray(self.array(name)[:]) if name in self.group else None
-
-    def doc_bytes(self, side: str) -> NDArray[np.int64]:
-        """(n,) int64 UTF-8 bytes of each document of ``side``."""
-        return np.asarray(self.array(f"{side}_bytes")[:], dtype=np.int64)
-
     def scored_bytes(self, side: str) -> NDArray[np.int64] | None:
         """(n,) int64 UTF-8 bytes of each document of ``side`` that its code length covers (-1
         where no tile has scored it yet), or ``None`` for a store written before they were
@@ -515,124 +418,3 @@ class MatrixStore:
         if not self.has_scored_bytes:
             return None
         return np.asarray(self.array(f"{side}_scored_bytes")[:], dtype=np.int64)
-
-    def read_pair_bits(
-        self, row_start: int, row_stop: int, *, reversed_order: bool = False
-    ) -> NDArray[np.float32]:
-        """``(row_stop - row_start, n_cols)`` float32 C(xy) bits of a block of rows (C(yx) with
-        ``reversed_order``, rectangular ncd-min stores only)."""
-        name = "pair_bits_reversed" if reversed_order else "pair_bits"
-        return np.asarray(self.array(name)[row_start:row_stop, :], dtype=np.float32)
-
-    def iter_row_blocks(self, block_rows: int | None = None) -> Iterator[tuple[int, int]]:
-        """``(row_start, row_stop)`` of blocks of whole tile rows, for streaming reads."""
-        step = max(self.tile, (block_rows or self.tile) // self.tile * self.tile)
-        for start in range(0, self.plan.n_rows, step):
-            yield start, min(start + step, self.plan.n_rows)
-
-
-def _new_array(
-    group: zarr.Group,
-    name: str,
-    *,
-    shape: tuple[int, ...],
-    chunks: tuple[int, ...],
-    dtype: Any,
-    dims: tuple[str, ...],
-    fill_value: Any = None,
-    attributes: Mapping[str, Any] | None = None,
-) -> zarr.Array:
-    """An array of the store: crc32c-checked chunks and named dimensions (for xarray)."""
-    return group.create_array(
-        name,
-        shape=shape,
-        chunks=chunks,
-        dtype=dtype,
-        fill_value=fill_value,
-        compressors=chunk_compressors(),
-        dimension_names=dims,
-        attributes=dict(attributes or {}),
-    )
-
-
-def _coordinates(side: str, corpus: Corpus) -> str:
-    """CF ``coordinates`` of one side: its ids and, when there are labels, its labels."""
-    return f"{side}_ids" + (f" {side}_labels" if corpus.labels is not None else "")
-
-
-def _document_bytes(corpus: Corpus) -> NDArray[np.int64]:
-    """(n,) int64 UTF-8 bytes of each document."""
-    return np.array([len(t.encode("utf-8")) for t in corpus.texts], dtype=np.int64)
-
-
-def _create_document_arrays(group: zarr.Group, side: str, corpus: Corpus, tile: int) -> None:
-    """``<side>_bits``, ``_scored_bytes``, ``_bytes``, ``_ids`` and ``_labels`` (with labels)."""
-    n = len(corpus)
-    dims = (ROW_DIM if side == "row" else COL_DIM,)
-    coordinates = {"coordinates": _coordinates(side, corpus)}
-    # written tile by tile, so chunked like the tiles
-    for name, dtype, fill, units in (
-        ("bits", "float32", np.nan, "bits"),
-        ("scored_bytes", "int64", UNSCORED, "bytes"),
-    ):
-        _new_array(
-            group,
-            f"{side}_{name}",
-            shape=(n,),
-            chunks=(tile,),
-            dtype=dtype,
-            dims=dims,
-            fill_value=fill,
-            attributes={"units": units, **coordinates},
-        )
-    _write_documents(group, side, corpus, tile, created=True)
-
-
-def _write_documents(
-    group: zarr.Group, side: str, corpus: Corpus, tile: int, *, created: bool
-) -> None:
-    """(Re)write ``<side>_bytes``, ``_ids`` and ``_labels`` from the documents: at creation, or
-    to repair an array that no longer decodes (``created=False`` replaces the array)."""
-    n = len(corpus)
-    dims = (ROW_DIM if side == "row" else COL_DIM,)
-    values: dict[str, tuple[NDArray[Any], tuple[int, ...], Any, dict[str, Any]]] = {
-        f"{side}_bytes": (
-            _document_bytes(corpus),
-            (tile,),
-            "int64",
-            {"units": "bytes", "coordinates": _coordinates(side, corpus)},
-        ),
-        f"{side}_ids": (np.array(corpus.ids, dtype=str), (min(n, ID_CHUNK),), str, {}),
-    }
-    if corpus.labels is not None:
-        labels = _label_array(corpus.labels)
-        dtype = labels.dtype if labels.dtype == np.int64 else str
-        values[f"{side}_labels"] = (labels, (min(n, ID_CHUNK),), dtype, {})
-    for name, (data, chunks, dtype, attributes) in values.items():
-        if not created and name in group:
-            del group[name]
-        _new_array(
-            group, name, shape=(n,), chunks=chunks, dtype=dtype, dims=dims, attributes=attributes
-        )[:] = data
-
-
-def _label_array(labels: tuple[Label, ...]) -> NDArray[Any]:
-    if all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in labels):
-        return np.array(labels, dtype=np.int64)
-    return np.array([str(v) for v in labels], dtype=str)
-
-
-def empty_progress(plan: TilePlan) -> dict[str, Any]:
-    """The ``progress`` attribute of a store where nothing is computed yet."""
-    return {
-        "tiles_total": plan.n_tiles,
-        "tiles_done": 0,
-        "tiles_failed": 0,
-        "pairs_total": plan.n_pairs,
-        "pairs_done": 0,
-        "compute_seconds": 0.0,
-        "pairs_per_second": 0.0,
-        "nodes": {},
-        "runs": 0,
-        "updated_at": time.time(),
-    }

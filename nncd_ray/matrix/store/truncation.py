@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from nncd_ray.matrix.store.integrity import read_cells
+from nncd_ray.matrix.store.chunks import read_cells
 
 if TYPE_CHECKING:
     import zarr
@@ -85,7 +85,7 @@ def _read_ints(group: zarr.Group, name: str) -> NDArray[np.int64]:
 
 def group_bytes(group: zarr.Group, side: str) -> tuple[NDArray[np.int64], NDArray[np.int64] | None]:
     """``(full bytes, scored bytes or None)`` of one side (``"row"``/``"col"``) of a store group;
-    a chunk that fails to decode raises :class:`~nncd_ray.matrix.store.integrity.UndecodableChunk`.
+    a chunk that fails to decode raises :class:`~nncd_ray.matrix.store.chunks.UndecodableChunk`.
     """
     full = _read_ints(group, f"{side}_bytes")
     name = f"{side}_scored_bytes"
