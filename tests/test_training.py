@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from nncd_ray.errors import ConfigError, UnknownCompressor
+from nncd_ray.errors import ConfigError
+from nncd_ray.scorers import make_scorer
+from nncd_ray.scorers.lm import LMScorer
 from nncd_ray.scorers.lm.loading import embedded_model_dir, load_causal_lm
-from nncd_ray.training.bits_per_byte import classical_bits, document_bits, heldout_bits
+from nncd_ray.training.bits_per_byte import documents_bits_per_byte, heldout_bits
 from nncd_ray.training.books import load_books, split_book
 from nncd_ray.training.compilation import compiler_available
 from nncd_ray.training.config import ModelShape, TrainConfig
@@ -162,9 +164,9 @@ def test_training_is_deterministic_and_resumable(books_dir: Path, tmp_path: Path
     with pytest.raises(ConfigError, match="other settings"):
         train_language_model(_config(books_dir, resumed, resume=True, seed=3))
     # the run must load like any saved model and score text
-    loaded = load_causal_lm(str(first.out_dir), device=CPU, dtype=torch.float32)
-    assert loaded.context_tokens == TINY.context_tokens
-    assert np.isfinite(document_bits(loaded, ["Hello there.", "A café"])).all()
+    scorer = LMScorer(str(first.out_dir), device="cpu", dtype="fp32")
+    assert scorer.loaded.context_tokens == TINY.context_tokens
+    assert np.isfinite(scorer.document_bits(["Hello there.", "A café"])).all()
 
 
 needs_compiler = pytest.mark.skipif(
@@ -193,8 +195,8 @@ def test_compiled_training_is_deterministic_and_close_to_eager(
     assert losses(first) == pytest.approx(losses(eager), rel=2e-2)
     config = json.loads((first.out_dir / "training.json").read_text())["config"]
     assert config["compile"] is True
-    loaded = load_causal_lm(str(first.out_dir), device=CPU, dtype=torch.float32)
-    assert np.isfinite(document_bits(loaded, ["Hello there.", "A café"])).all()
+    scorer = LMScorer(str(first.out_dir), device="cpu", dtype="fp32")
+    assert np.isfinite(scorer.document_bits(["Hello there.", "A café"])).all()
 
 
 def test_copy_circuit_seed_and_embedding_learning_rate(books_dir: Path, tmp_path: Path) -> None:
@@ -229,7 +231,8 @@ def test_copy_circuit_seed_and_embedding_learning_rate(books_dir: Path, tmp_path
 
 
 def test_heldout_windows_match_a_token_by_token_reference(tiny_llama_dir: Path) -> None:
-    loaded = load_causal_lm(str(tiny_llama_dir), device=CPU, dtype=torch.float32)
+    scorer = LMScorer(str(tiny_llama_dir), device="cpu", dtype="fp32")
+    loaded = scorer.loaded
     text = "It was the best of times, it was the worst of times, " * 30
     ids = [*loaded.tokenizer(text, add_special_tokens=False)["input_ids"], loaded.eos_id]
     context = loaded.context_tokens
@@ -240,19 +243,20 @@ def test_heldout_windows_match_a_token_by_token_reference(tiny_llama_dir: Path) 
             prefix = [loaded.bos_id, *ids[max(0, j - (context - 2)) : j]]
             logits = loaded.model(input_ids=torch.tensor([prefix])).logits[0, -1].float()
             expected -= float(torch.log_softmax(logits, -1)[token]) / math.log(2)
-    assert heldout_bits(loaded, text, stride=1, batch_size=64) == pytest.approx(expected, rel=1e-5)
+    assert heldout_bits(scorer, text, stride=1, batch_size=64) == pytest.approx(expected, rel=1e-5)
+    # a text that fits one window costs exactly its C(x) under the scorer: one C(x) in the package
     short = "A short document."
-    assert heldout_bits(loaded, short, stride=context - 1) == pytest.approx(
-        float(document_bits(loaded, [short])[0]), rel=1e-6
+    assert heldout_bits(scorer, short, stride=context - 1) == pytest.approx(
+        float(scorer.document_bits([short])[0]), rel=1e-5
     )
 
 
-def test_classical_bits() -> None:
-    data = b"the quick brown fox " * 20
-    assert classical_bits("gzip", data) == 8 * len(gzip.compress(data, 9))
-    assert classical_bits("zstd", data) > 0
-    with pytest.raises(UnknownCompressor):
-        classical_bits("brotli", data)
+def test_classical_rates_come_from_the_scorers() -> None:
+    texts = ["the quick brown fox " * 20, "jumps over the lazy dog"]
+    rate = documents_bits_per_byte(make_scorer("gzip"), texts)
+    assert rate.bits == sum(8 * len(gzip.compress(t.encode(), 9)) for t in texts)
+    assert rate.bytes == sum(len(t.encode()) for t in texts) and rate.truncated == 0
+    assert documents_bits_per_byte(make_scorer("zstd"), texts).bpb > 0
 
 
 @pytest.mark.skipif(
@@ -268,7 +272,9 @@ def test_shipped_model_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     text = "Stocks rose on Wall Street — café owners cheered (AP) 100%."
     ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert loaded.tokenizer.decode(ids) == text and loaded.bos_id != loaded.eos_id
-    bits = document_bits(loaded, [text, "It was a dark and stormy night."])
+    bits = LMScorer(None, device="cpu", dtype="fp32").document_bits(
+        [text, "It was a dark and stormy night."]
+    )
     assert (bits > 0).all() and bits[1] / len(b"It was a dark and stormy night.") < 6.0
 
 
@@ -413,5 +419,5 @@ def test_residual_dropout_trains_only_and_leaves_the_saved_model_plain(
     assert (older / "model.safetensors").read_bytes() == plain_weights
     with pytest.raises(ConfigError, match="other settings: dropout"):
         train_language_model(_config(books_dir, older, resume=True, dropout=0.2))
-    loaded = load_causal_lm(str(fresh.out_dir), device=CPU, dtype=torch.float32)
-    assert np.isfinite(document_bits(loaded, ["Hello there.", "A café"])).all()
+    scorer = LMScorer(str(fresh.out_dir), device="cpu", dtype="fp32")
+    assert np.isfinite(scorer.document_bits(["Hello there.", "A café"])).all()
