@@ -82,11 +82,6 @@ class CompressionStats:
     lanes: int
     seconds: float
 
-    @property
-    def overhead_bits(self) -> float:
-        """Range-coder bits beyond Σ −log2 p (quantisation to 24-bit probabilities, final word)."""
-        return self.payload_bits - self.model_bits
-
 
 def _environment(device_type: str) -> str:
     import torch
