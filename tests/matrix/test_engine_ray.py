@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from engine_helpers import assert_store_matches, corpus, private_ray, tile_calls
+from paths import ROOT
 
 from nncd_ray.data.corpus import Corpus
 from nncd_ray.errors import ClusterError, StoreLocked, StoreMismatch, TileFailed
@@ -25,7 +26,6 @@ from nncd_ray.scorers import ScorerSpec
 
 pytestmark = pytest.mark.ray
 
-ROOT = Path(__file__).resolve().parents[1]
 CPUS = 2
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paths import GUTENBERG
 
 from nncd_ray.codec import CodecConfig, LMCodec, lane_bounds, read_container
 from nncd_ray.codec.container import KIND_RAW, KIND_TEXT, Header, SegmentEntry, write_container
@@ -21,7 +22,6 @@ from nncd_ray.codec.segments import segment_bytes, utf8_runs
 from nncd_ray.errors import CodecError
 from nncd_ray.scorers.lm.loading import LoadedModel, load_causal_lm
 
-GUTENBERG = Path(__file__).resolve().parents[2] / "shared" / "data" / "gutenberg"
 FALLBACK = (
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the "
     "age of foolishness, it was the epoch of belief, it was the epoch of incredulity.\n"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import zarr
 from engine_helpers import assert_store_matches, corpus
+from paths import ROOT
 
 from nncd_ray.cli.main import main
 from nncd_ray.errors import CorruptTile, InvalidCodeLengths
@@ -27,7 +28,7 @@ from nncd_ray.scorers.base import TileScores
 GZIP = ScorerSpec(name="gzip", options={})
 # a square store written by nncd_ray at c8ebf8c (no checksums, no dimension names, no scored
 # bytes): 6 documents, gzip, tile 4, every tile done
-OLD_STORE = Path(__file__).parent / "fixtures" / "store_c8ebf8c"
+OLD_STORE = ROOT / "tests" / "fixtures" / "store_c8ebf8c"
 
 
 def job(path: Path, **kw: object) -> MatrixConfig:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import AGNEWS_CSV
 
 from nncd_ray.errors import ConfigError
 from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
@@ -21,7 +22,7 @@ from nncd_ray.scorers import ScorerSpec
 from nncd_ray.study.config import CompressorChoice, StudyConfig, parse_compressors
 from nncd_ray.study.run import run_study
 
-AGNEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews" / "test.csv"
+AGNEWS = AGNEWS_CSV
 needs_agnews = pytest.mark.skipif(not AGNEWS.exists(), reason=f"AG News not found at {AGNEWS}")
 
 # protocol -> compressor -> (accuracy at k = 1, 3, 5, 7; bits per byte)

@@ -27,6 +27,7 @@ from unittest import mock
 
 import pytest
 from engine_helpers import assert_store_matches, corpus, tile_calls
+from paths import ROOT
 
 from nncd_ray.cli.main import main
 from nncd_ray.data.corpus import Corpus
@@ -37,7 +38,6 @@ from nncd_ray.scorers import ScorerSpec
 # 48-51 s for the module on 2 busy cores (cluster start included): in the default run
 pytestmark = pytest.mark.ray
 
-ROOT = Path(__file__).resolve().parents[1]
 ROWS, COLS, TILE = 64, 48, 8
 TILES = (ROWS // TILE) * (COLS // TILE)  # 8 x 6 = 48
 # seconds per tile: the job must outlast the fault injection on a busy machine (the node's death

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from paths import GUTENBERG, ROOT
 
 from nncd_ray.errors import ConfigError
 from nncd_ray.scorers import make_scorer
@@ -28,8 +29,6 @@ from nncd_ray.training.loop import train_language_model
 from nncd_ray.training.schedule import embedding_lr_scale, learning_rate
 from nncd_ray.training.sequences import prepare_data
 
-ROOT = Path(__file__).resolve().parents[1]
-GUTENBERG = ROOT.parent / "shared" / "data" / "gutenberg"
 CPU = torch.device("cpu")
 MARKER = " Qzxv"  # appears only in the held-out tails of the test books
 

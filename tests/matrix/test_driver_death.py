@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 from engine_helpers import corpus
+from paths import ROOT
 
 from nncd_ray.matrix.cluster.private_cluster import TMPDIR_ENV
 from nncd_ray.matrix.cluster.reaper import cluster_pids, end_cluster
 
-ROOT = Path(__file__).resolve().parents[1]
 # Ray's socket paths must stay short: the drivers' temp dirs go under /tmp
 SHORT_TMP = "/tmp"
 

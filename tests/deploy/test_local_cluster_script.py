@@ -23,8 +23,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "local_cluster.py"
 DATA = ROOT.parent / "shared" / "data" / "agnews" / "test.csv"
 WORKERS = 2

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from paths import AGNEWS_CSV
 
 from nncd_ray.cli import main as cli_main
 from nncd_ray.cli.common import (
@@ -21,7 +22,7 @@ from nncd_ray.cli.common import (
 from nncd_ray.cli.main import SUBCOMMANDS, main
 from nncd_ray.errors import ConfigError
 
-AGNEWS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "agnews" / "test.csv"
+AGNEWS = AGNEWS_CSV
 
 
 def gz_bits(text: str) -> float:

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "cluster" / "gpu-cluster.yaml"
 RAYCLUSTER = ROOT / "cluster" / "kuberay" / "raycluster.yaml"
 RAYJOB = ROOT / "cluster" / "kuberay" / "rayjob.yaml"

@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from paths import ROOT
 
 from nncd_ray.cli.main import main as nncd
 from nncd_ray.errors import ConfigError
 from nncd_ray.matrix.cluster import submission as jobs
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "agnews" / "test.csv"
 RAY = str(Path(sys.executable).with_name("ray"))
 # agnews-small (200 x 100) in 64-document tiles: 4 x 2
