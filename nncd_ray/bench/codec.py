@@ -159,7 +159,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     missing = [str(b) for b in books if not b.is_file()]
     if missing or not books:
         raise InputError(f"Gutenberg books not found: {', '.join(missing) or gutenberg}")
-    texts = [held_out(book) for book in books]
+    texts = [held_out(book)[: args.max_bytes] for book in books]
     with tempfile.TemporaryDirectory(prefix="nncd-bench-codec-") as workdir:
         model, description = choose_model(args.model, Path(workdir))
         loaded = load_causal_lm(model, device=torch.device("cpu"), dtype=torch.float32)
@@ -173,7 +173,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         ]
     return {
         "benchmark": "codec",
-        "text": f"held-out Gutenberg, last 5% of {', '.join(b.stem for b in books)}",
+        "text": f"held-out Gutenberg, last 5% of {', '.join(b.stem for b in books)}"
+        + ("" if args.max_bytes is None else f", its first {args.max_bytes} bytes each"),
         "model": description,
         "fingerprint": loaded.fingerprint,
         "parameters": loaded.parameters,
@@ -224,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--lane-tokens", type=int, default=CodecConfig.lane_tokens)
     parser.add_argument("--threads", type=int, default=1, help="torch threads while coding")
+    parser.add_argument(
+        "--max-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="code only the first N bytes of each held-out text (a quick run; default: all)",
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="write the report here")
     return parser
 
@@ -232,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if any(n < 1 for n in args.max_lanes) or args.lane_tokens < 1 or args.threads < 1:
         raise ConfigError("--max-lanes, --lane-tokens and --threads must be positive")
+    if args.max_bytes is not None and args.max_bytes < 1:
+        raise ConfigError("--max-bytes must be positive")
     report = benchmark(args)
     print(format_report(report))
     if args.json:

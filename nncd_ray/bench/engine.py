@@ -68,6 +68,8 @@ class EngineBenchConfig:
     rss_tile: int = 128
     rss_actors: int = 2
     skip_lm: bool = False
+    # runs (a) and (b) only, no cluster: the store's own cost in seconds (and the smoke test)
+    skip_ray: bool = False
     # each timing is the fastest of this many runs (the machine may be shared)
     repeats: int = 2
 
@@ -145,8 +147,10 @@ def overhead_suite(
     tile: int,
     workdir: Path,
     repeats: int,
+    ray: bool = True,
 ) -> dict[str, Any]:
-    """Runs (a)-(e) of the module docstring for one scorer, each the fastest of ``repeats``.
+    """Runs (a)-(e) of the module docstring for one scorer (without ``ray``: (a) and (b)), each
+    the fastest of ``repeats``.
 
     Every worker gets one CPU thread: in-process runs set torch to one thread, actors ask for one
     CPU (Ray then sets OMP_NUM_THREADS=1). Two actors use two. On a shared, loaded machine this
@@ -167,27 +171,33 @@ def overhead_suite(
             key=lambda fig: fig["wall_seconds"],
         )
         local = best("local", executor="local", tile=tile)
-    cold = best("cold", tile=tile)
-    with RayExecutor(MatrixConfig(store="", scorer=spec), rows, cols):  # a cluster to join
-        warm1 = best("w1", tile=tile)
-        warm2 = best("w2", tile=tile, actors=2)
-        threads = omp_threads(1.0)
     base = pure["wall_seconds"]
-    return {
+    suite: dict[str, Any] = {
         "scorer": {"name": spec.name, "options": dict(spec.options)},
         "pairs": len(rows) * len(cols),
         "tile": tile,
         "tiles": TilePlan(n_rows=len(rows), n_cols=len(cols), tile=tile).n_tiles,
         "in_process": pure,
         "local_executor": local,
+        "repeats": repeats,
+        # store + markers, no Ray
+        "overhead": {"local_vs_in_process": local["wall_seconds"] / base - 1},
+    }
+    if not ray:
+        return suite
+    cold = best("cold", tile=tile)
+    with RayExecutor(MatrixConfig(store="", scorer=spec), rows, cols):  # a cluster to join
+        warm1 = best("w1", tile=tile)
+        warm2 = best("w2", tile=tile, actors=2)
+        threads = omp_threads(1.0)
+    return {
+        **suite,
         "ray_1_actor_cold": cold,
         "ray_1_actor_warm": warm1,
         "ray_2_actors_warm": warm2,
         "omp_threads_per_actor": threads,
-        "repeats": repeats,
         "overhead": {
-            # store + markers, no Ray
-            "local_vs_in_process": local["wall_seconds"] / base - 1,
+            **suite["overhead"],
             # whole call, cluster start-up included
             "ray_cold_vs_in_process": cold["wall_seconds"] / base - 1,
             # cluster already running (actor start and scorer build still included)
@@ -304,6 +314,7 @@ def run(config: EngineBenchConfig) -> dict[str, Any]:
             tile=config.tile,
             workdir=workdir,
             repeats=config.repeats,
+            ray=not config.skip_ray,
         )
         if not config.skip_lm:
             model = lm_model(config, workdir)
@@ -311,14 +322,21 @@ def run(config: EngineBenchConfig) -> dict[str, Any]:
             rows = queries.subset(range(config.lm_queries))
             cols = refs.subset(range(config.lm_refs))
             result["lm"] = overhead_suite(
-                "lm", spec, rows, cols, tile=config.lm_tile, workdir=workdir, repeats=config.repeats
+                "lm",
+                spec,
+                rows,
+                cols,
+                tile=config.lm_tile,
+                workdir=workdir,
+                repeats=config.repeats,
+                ray=not config.skip_ray,
             )
             result["lm"]["model"] = {
                 "layers": config.lm_layers, "width": config.lm_width, "vocab": config.lm_vocab,
             }  # fmt: skip
         result["driver_memory"] = [measure_rss(n, config, workdir) for n in config.rss_sizes]
         peaks = [r["peak_rss_mib"] for r in result["driver_memory"]]
-        result["driver_memory_ok"] = max(peaks) < RSS_LIMIT_MIB
+        result["driver_memory_ok"] = all(peak < RSS_LIMIT_MIB for peak in peaks)
         result["load_average_end"] = os.getloadavg()
         result["wall_seconds"] = time.perf_counter() - started
         return result
@@ -354,12 +372,19 @@ def format_table(result: dict[str, Any]) -> str:
             ("ray 1 actor, warm cluster", "ray_1_actor_warm"),
             ("ray 2 actors, warm cluster", "ray_2_actors_warm"),
         ):
+            if name not in suite:
+                continue
             fig = suite[name]
             lines.append(
                 f"{label:<28}{fig['wall_seconds']:>9.2f}{fig['startup_seconds']:>12.2f}"
                 f"{fig['pairs_per_second']:>10.0f}{fig['steady_pairs_per_second']:>16.0f}"
             )
         over = suite["overhead"]
+        if "ray_cold_vs_in_process" not in over:
+            lines.append(
+                f"overhead vs in-process: store only {_percent(over['local_vs_in_process'])}"
+            )
+            continue
         lines.append(
             f"overhead vs in-process: store only {_percent(over['local_vs_in_process'])}; "
             f"Ray+store with cluster start-up {_percent(over['ray_cold_vs_in_process'])}, "
@@ -395,6 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lm-refs", type=int, default=defaults.lm_refs)
     parser.add_argument("--lm-tile", type=int, default=defaults.lm_tile)
     parser.add_argument("--skip-lm", action="store_true")
+    parser.add_argument(
+        "--skip-ray", action="store_true", help="in-process and local executor only (no cluster)"
+    )
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="fastest of N runs")
     parser.add_argument(
         "--rss-sizes", default=",".join(map(str, defaults.rss_sizes)), help="n of each n×n job"
@@ -422,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lm_refs=args.lm_refs,
         lm_tile=args.lm_tile,
         skip_lm=args.skip_lm,
+        skip_ray=args.skip_ray,
         repeats=args.repeats,
         rss_sizes=tuple(int(n) for n in args.rss_sizes.split(",") if n),
         rss_tile=args.rss_tile,
