@@ -217,14 +217,14 @@ def test_batch_order_bounds_prefix_slots() -> None:
     widths = np.array([4, 4, 4, 4])
     # 4 items of width 4 fit a budget of 16 tokens; with 32-token prefixes only 2 fit the
     # 4 × 16 prefix slots a pass may attend to
-    assert len(batch_order(widths, None, 16, pass_overhead=0)) == 1
-    with_prefix = batch_order(widths, np.full(4, 32), 16, pass_overhead=0)
+    assert len(batch_order(widths, None, 16, overhead=0)) == 1
+    with_prefix = batch_order(widths, np.full(4, 32), 16, overhead=0)
     assert [len(b) for b in with_prefix] == [2, 2]
 
 
 def test_batch_order_minimises_padding() -> None:
     lengths = np.array([10] * 8 + [100] * 2)
-    batches = batch_order(lengths, None, 1000, pass_overhead=0.001)
+    batches = batch_order(lengths, None, 1000, overhead=0.001)
     # short and long items are not padded together although the budget would allow it
     assert sorted(sorted(lengths[b].tolist()) for b in batches) == [[10] * 8, [100, 100]]
     assert batch_order(np.array([], dtype=np.int64), None, 100) == []

@@ -26,16 +26,27 @@ IntArray = NDArray[np.int64]
 
 # names the planner's rules below: in half precision the batches a pair is scored in change its
 # code length by rounding, so a store records this with its token budget (see LMScorer)
-PLAN_VERSION = "width-bucket-dp/1"
+PLAN_VERSION = "width-bucket-dp/2"
 # cost of one prefix slot (a cached key/value a continuation attends to) relative to one input
 # token: it is gathered and attended to but runs through no projection or MLP
 PREFIX_WEIGHT = 0.125
 # prefix slots a pass may attend to, as a multiple of its token budget (bounds the memory of the
 # gathered keys/values: per slot about a tenth of an input token's activations)
 PREFIX_SLOTS_PER_TOKEN = 4
-# fixed cost of a forward pass, as a fraction of the token budget: a pass must save more padding
-# than this to be worth cutting (host-side launch costs on a GPU, per-pass setup on a CPU)
-PASS_OVERHEAD = 0.25
+# fixed cost of a forward pass as a fraction of the token budget: a pass must save more padding
+# than this to be worth cutting. Large budgets are the GPU's, where launching a pass costs
+# milliseconds of host time (a quarter of a pass); at a CPU's budget of a few thousand tokens a
+# pass costs little beyond its tokens (1/32 at 8,192). In between it scales with the budget.
+PASS_OVERHEAD_RANGE = (1 / 64, 1 / 4)
+PASS_OVERHEAD_SCALE = 262144
+
+
+def pass_overhead(budget: int) -> float:
+    """The fixed cost of a pass at ``budget``, as a fraction of it (see above)."""
+    low, high = PASS_OVERHEAD_RANGE
+    return min(high, max(low, budget / PASS_OVERHEAD_SCALE))
+
+
 # most candidate cut points considered per plan (keeps planning O(cuts × window), not O(n²))
 MAX_CUTS = 1024
 # items are ordered by width in buckets this much apart (relative), then by prefix length, so a
@@ -49,7 +60,7 @@ def batch_order(
     budget: int,
     *,
     prefix_weight: float = PREFIX_WEIGHT,
-    pass_overhead: float = PASS_OVERHEAD,
+    overhead: float | None = None,
 ) -> list[IntArray]:
     """Indices of the items, in passes.
 
@@ -57,7 +68,8 @@ def batch_order(
     index, and cut into passes that hold ``count × max width <= budget`` input tokens and
     ``count × max prefix <= PREFIX_SLOTS_PER_TOKEN × budget`` prefix slots (an item over either
     on its own gets a pass alone), choosing the cuts that minimise ``count × (max width +
-    prefix_weight × max prefix)`` plus ``pass_overhead × budget`` per pass (dynamic
+    prefix_weight × max prefix)`` plus ``overhead × budget`` per pass (default
+    :func:`pass_overhead`; dynamic
     programming over the order). ``budget=0`` gives one item per pass.
     """
     n = len(widths)
@@ -76,7 +88,7 @@ def batch_order(
     counts = np.diff(cuts)
     seg_width = np.maximum.reduceat(w, cuts[:-1])
     seg_prefix = np.maximum.reduceat(p, cuts[:-1])
-    overhead = pass_overhead * budget
+    per_pass = (pass_overhead(budget) if overhead is None else overhead) * budget
     segments = len(counts)
     best = np.full(segments + 1, np.inf)
     best[0] = 0.0
@@ -92,7 +104,7 @@ def batch_order(
         allowed = fits | (items == 1)
         allowed[-1] = True  # the last segment alone always fits (the cuts make sure of it)
         cost = items * (widest + prefix_weight * longest)
-        total = np.where(allowed, best[firsts] + cost + overhead, np.inf)
+        total = np.where(allowed, best[firsts] + cost + per_pass, np.inf)
         pick = int(np.argmin(total))
         best[end], start[end] = total[pick], lo + pick
     passes: list[IntArray] = []
@@ -296,7 +308,7 @@ def row_groups(prefix_lengths: IntArray, capacity: int, room: int = 0) -> list[I
 
 __all__ = [
     "MAX_CUTS",
-    "PASS_OVERHEAD",
+    "PASS_OVERHEAD_RANGE",
     "PLAN_VERSION",
     "PREFIX_SLOTS_PER_TOKEN",
     "PREFIX_WEIGHT",
@@ -306,5 +318,6 @@ __all__ = [
     "batch_order",
     "continuation_passes",
     "document_passes",
+    "pass_overhead",
     "row_groups",
 ]
