@@ -39,7 +39,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--store", required=True, metavar="PATH|URL", help="the Zarr store")
     parser.add_argument(
-        "--tile", type=positive_int, default=64, metavar="N", help="tile edge in documents (64)"
+        "--tile",
+        type=positive_int,
+        metavar="N",
+        help="tile edge in documents (default: the store's when resuming, else 128 when the "
+        "scorers run on GPUs, 64 otherwise)",
     )
     parser.add_argument("--variant", choices=VARIANTS, default="ncd", help="NCD variant (ncd)")
     parser.add_argument(

@@ -13,6 +13,10 @@ from nncd_ray.scorers import ScorerSpec
 
 EXECUTORS = ("ray", "local")
 
+# default tile edges (documents): on CPUs, and where the scorers run on GPUs
+DEFAULT_TILE = 64
+GPU_TILE = 128
+
 
 @dataclass(frozen=True, kw_only=True)
 class MatrixConfig:
@@ -24,8 +28,10 @@ class MatrixConfig:
     scorer: ScorerSpec
     # "ncd" (C(xy), x = row) or "ncd-min" (rectangular jobs then also store C(yx))
     variant: str = "ncd"
-    # tile edge in documents: the unit of work, of storage (one chunk) and of resume
-    tile: int = 64
+    # tile edge in documents: the unit of work, of storage (one chunk) and of resume. None: the
+    # store's own when resuming, else GPU_TILE when the scorers run on GPUs (a tile must keep a
+    # GPU busy long enough to hide the host's work between tiles), DEFAULT_TILE otherwise
+    tile: int | None = None
     # number of scorer actors (Ray executor)
     actors: int = 1
     # GPUs per actor: "auto" = 1 for the LM on a cluster with GPUs (or device "cuda"), else 0; or
@@ -60,7 +66,7 @@ class MatrixConfig:
             raise ConfigError(
                 f"unknown executor {self.executor!r}; choose one of: {', '.join(EXECUTORS)}"
             )
-        if self.tile < 1:
+        if self.tile is not None and self.tile < 1:
             raise ConfigError(f"--tile must be at least 1, not {self.tile}")
         if self.actors < 1:
             raise ConfigError(f"--actors must be at least 1, not {self.actors}")
@@ -74,4 +80,4 @@ class MatrixConfig:
             raise ConfigError("actor_timeout_s must be positive")
 
 
-__all__ = ["EXECUTORS", "MatrixConfig"]
+__all__ = ["DEFAULT_TILE", "EXECUTORS", "GPU_TILE", "MatrixConfig"]

@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from nncd_ray.errors import TileFailed
-from nncd_ray.matrix.config import MatrixConfig
+from nncd_ray.matrix.config import DEFAULT_TILE, GPU_TILE, MatrixConfig
 from nncd_ray.matrix.failures import RetryPolicy, classify
 from nncd_ray.matrix.store.fingerprint import corpus_fingerprint
 from nncd_ray.matrix.store.layout import FORMAT
@@ -33,6 +34,21 @@ if TYPE_CHECKING:
     from nncd_ray.data.corpus import Corpus
 
 log = logging.getLogger(__name__)
+
+
+def default_tile(config: MatrixConfig, *, on_gpus: bool) -> MatrixConfig:
+    """``config`` with its tile set: the one asked for (or the resumed store's), else
+    ``GPU_TILE`` when the scorers run on GPUs and ``DEFAULT_TILE`` otherwise."""
+    if config.tile is not None:
+        return config
+    return replace(config, tile=GPU_TILE if on_gpus else DEFAULT_TILE)
+
+
+def _plan(config: MatrixConfig, rows: Corpus, cols: Corpus | None) -> TilePlan:
+    if config.tile is None:
+        raise ValueError("the tile edge is resolved before the tiles are planned")
+    n_cols = len(rows if cols is None else cols)
+    return TilePlan(n_rows=len(rows), n_cols=n_cols, tile=config.tile)
 
 
 def job_fingerprint(config: MatrixConfig, rows: Corpus, cols: Corpus | None) -> dict[str, Any]:
@@ -57,21 +73,25 @@ def compute_matrix(config: MatrixConfig, rows: Corpus, cols: Corpus | None = Non
     """
     config.validate()
     started = time.perf_counter()
-    plan = TilePlan(n_rows=len(rows), n_cols=len(rows if cols is None else cols), tile=config.tile)
-    base = job_fingerprint(config, rows, cols)
     options = dict(config.storage_options or {})
     policy = RetryPolicy(max_attempts=config.max_attempts)
     with Lease(config.store, storage_options=options) as lease:
-        if not config.overwrite:
+        if config.tile is None and not config.overwrite:
+            stored = MatrixStore.existing_tile(config.store, storage_options=options)
+            config = replace(config, tile=stored)  # resuming: the store's own tile
+        if config.tile is not None and not config.overwrite:
             # refuse a wrong resume before starting a cluster or loading a model
+            base = job_fingerprint(config, rows, cols)
             MatrixStore.check_existing(config.store, base, storage_options=options)
         if config.executor == "local":
-            ledger = _run_local(config, plan, base, rows, cols, lease, started, policy)
+            ledger = _run_local(config, rows, cols, lease, started, policy)
         else:
             from nncd_ray.matrix.cluster.executor import RayExecutor
 
             with RayExecutor(config, rows, cols) as executor:
                 fingerprint = executor.start()
+                config = default_tile(config, on_gpus=executor.gpus_per_actor > 0)
+                plan, base = _plan(config, rows, cols), job_fingerprint(config, rows, cols)
                 store = _open_store(config, plan, base, fingerprint, rows, cols)
                 ledger = TileLedger.begin(
                     store, plan, executor="ray", progress=config.progress, started=started
@@ -150,8 +170,6 @@ def _open_store(
 
 def _run_local(
     config: MatrixConfig,
-    plan: TilePlan,
-    base: Mapping[str, Any],
     rows: Corpus,
     cols: Corpus | None,
     lease: Lease,
@@ -166,6 +184,8 @@ def _run_local(
         row_texts=rows.texts,
         col_texts=None if cols is None else cols.texts,
     )
+    config = default_tile(config, on_gpus=worker.on_gpu)
+    plan, base = _plan(config, rows, cols), job_fingerprint(config, rows, cols)
     store = _open_store(config, plan, base, worker.fingerprint(), rows, cols)
     ledger = TileLedger.begin(
         store, plan, executor="local", progress=config.progress, started=started

@@ -81,6 +81,12 @@ class TileWorker:
         # the scorer's device work, one tile at a time (see the module docstring)
         self._device = threading.Lock()
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the scorer computes on a GPU."""
+        device = getattr(self.scorer, "device", None)
+        return getattr(device, "type", None) == "cuda"
+
     def fingerprint(self) -> dict[str, Any]:
         """The scorer's fingerprint (everything that changes the numbers)."""
         return dict(self.scorer.fingerprint())

@@ -134,6 +134,18 @@ class MatrixStore:
 
     @classmethod
     @maps_store_errors
+    def existing_tile(
+        cls, url: str, *, storage_options: Mapping[str, Any] | None = None
+    ) -> int | None:
+        """The tile edge of the store at ``url``, or None when there is no store yet."""
+        options = dict(storage_options or {})
+        if cls._state(url, options) in ("missing", "empty"):
+            return None
+        tile = cls.open(url, storage_options=options).attrs.get("tile")
+        return int(tile) if isinstance(tile, int) else None
+
+    @classmethod
+    @maps_store_errors
     def check_existing(
         cls,
         url: str,
