@@ -430,6 +430,8 @@ class RayExecutor:
                 elif time.monotonic() - no_worker_since > self.config.actor_timeout_s:
                     raise ClusterError(self._no_start_message(time.monotonic() - no_worker_since))
                 for slot, ref in self._wait(timeout=POLL_S):
+                    if policy.stopped is not None:
+                        break  # results after the stopping one are abandoned, like the queue
                     self._on_tile(slot, ref, pending, policy, ledger)
         finally:
             ledger.actors_started = self.actors_started
