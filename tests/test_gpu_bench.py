@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from paths import SHARED_DATA
+
 from nncd_ray.bench.gpu import main
-from tests.paths import SHARED_DATA
 
 
 def test_gpu_bench_quick_on_cpu(tmp_path: Path) -> None:

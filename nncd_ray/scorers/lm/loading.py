@@ -8,7 +8,6 @@ network); ``HF_HUB_OFFLINE=1`` is respected and a failure becomes :class:`ModelN
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,6 +161,3 @@ def output_cache(output: Any) -> Any:
     cache = output.get("cache") if hasattr(output, "get") else None
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
-
-def describe(loaded: LoadedModel) -> str:
-    return json.dumps(loaded.fingerprint, sort_keys=True)
