@@ -12,9 +12,8 @@ scorer takes −ln p after the model's own post-processing.
 
 Float32 logits from bf16/fp16 weights: the matmul of half-precision inputs accumulates in float32
 anyway, so asking for a float32 *output* (``torch.mm(..., out_dtype=torch.float32)`` on CUDA)
-removes the only rounding step at the same speed; elsewhere the head computes in float32. The
-rounding of bf16 logits (0.125 at magnitude 16-32) was what made code lengths move by up to a
-bit with batch composition.
+removes that last rounding step (up to 0.06 at magnitudes 16-32 in bf16) at the same speed;
+elsewhere the head computes in float32. The model's body still rounds in its own dtype.
 
 With no request set the head is the model's own layer, so calling the model directly still
 works (tests use it for reference code lengths).
