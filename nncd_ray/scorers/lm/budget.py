@@ -81,11 +81,13 @@ def auto_token_budget(model: Any, device: torch.device, *, fused_head: bool) -> 
 
 
 def prefix_capacity(model: Any, device: torch.device) -> int:
-    """Prefix positions a tile may keep cached at once (over all its rows)."""
+    """Prefix positions a tile may keep cached at once (over all its rows); computed once per
+    scorer. In half precision it decides which rows share a pass, so, like the token budget, it
+    comes from the GPU's total memory, the same for every GPU of a kind."""
     dtype = next(model.parameters()).dtype
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        available = int(free * PREFIX_MEMORY_SHARE)
+        free, total = torch.cuda.mem_get_info(device)
+        available = int((free if dtype == torch.float32 else total) * PREFIX_MEMORY_SHARE)
     else:
         available = CPU_PREFIX_BYTES
     return max(1, available // prefix_slot_bytes(model.config, dtype))

@@ -151,11 +151,14 @@ class LMScorer(BaseScorer):
         import torch
 
         from nncd_ray.scorers.lm.attention import attention_layout
+        from nncd_ray.scorers.lm.budget import prefix_capacity
         from nncd_ray.scorers.lm.head import install_scoring_head
         from nncd_ray.scorers.lm.loading import cache_argument
         from nncd_ray.scorers.lm.passes import PassCounters, PassRunner
 
         self.counters = PassCounters()
+        # prefix positions a tile may cache at once (row groups); fixed for the scorer's life
+        self._prefix_capacity = prefix_capacity(self.model, self.device)
         self.head = install_scoring_head(self.model)
         self.layout = attention_layout(self.model)
         common: dict[str, Any] = {
@@ -195,7 +198,7 @@ class LMScorer(BaseScorer):
         import torch
 
         assert self.head is not None
-        probe = torch.randn(1, 2, int(self.model.config.vocab_size), device=self.device)
+        probe = torch.randn(1, 2, int(self.head.weight.shape[0]), device=self.device)
 
         def fixed(hidden: torch.Tensor) -> torch.Tensor:
             return probe
@@ -214,14 +217,14 @@ class LMScorer(BaseScorer):
         a time, with the model's own masks; False (and a warning) when they disagree, so an
         architecture the fast path gets wrong falls back to the plain path instead of giving
         wrong code lengths. Documents are longer than a small sliding window, so windows count."""
+        from nncd_ray.scorers.lm.tile import launch_tile
+
         window = self.layout.window if self.layout is not None else None
         length = 24 if window is None or window > 200 else window + 8
         length = min(length, self.max_doc_tokens)
         vocab = int(self.model.config.vocab_size)
         ids = [tuple(int((7 * i + 3 * k + 11) % vocab) for i in range(length - k)) for k in (0, 3)]
         rows, cols = ids, [ids[1][:-2], ids[0][1:]]
-        from nncd_ray.scorers.lm.tile import launch_tile
-
         fast = launch_tile(
             self._plan(rows, cols, path="prefix-cached", budget=4096, want_cols=True),
             self._runner("prefix-cached"),
@@ -446,7 +449,6 @@ class LMScorer(BaseScorer):
         budget: int,
         want_cols: bool,
     ) -> PreparedTile:
-        from nncd_ray.scorers.lm.budget import prefix_capacity
         from nncd_ray.scorers.lm.tile import plan_tile
 
         return plan_tile(
@@ -458,7 +460,7 @@ class LMScorer(BaseScorer):
             path=path,
             budget=budget,
             want_cols=want_cols,
-            prefix_capacity=max(budget, prefix_capacity(self.model, self.device)),
+            prefix_capacity=max(budget, self._prefix_capacity),
         )
 
     def _replan(self, prepared: PreparedTile) -> PreparedTile:
