@@ -210,7 +210,10 @@ def add_scorer_arguments(parser: argparse.ArgumentParser, *, default: str = "lm"
     group.add_argument("--revision", help="lm: hub revision (branch, tag or commit)")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), help="lm: device (auto)")
     group.add_argument(
-        "--dtype", choices=("auto", "fp32", "bf16", "fp16"), help="lm: weight dtype (auto)"
+        "--dtype",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="lm: weight dtype (auto: fp32 on CPUs and for the embedded model, bf16 on GPUs; "
+        "logits are float32 in every case)",
     )
     group.add_argument(
         "--max-doc-tokens",
@@ -224,7 +227,11 @@ def add_scorer_arguments(parser: argparse.ArgumentParser, *, default: str = "lm"
         help="lm: what to do with a longer document (truncate)",
     )
     group.add_argument(
-        "--token-budget", type=positive_int, metavar="N", help="lm: tokens per batch (8192)"
+        "--token-budget",
+        type=positive_int,
+        metavar="N",
+        help="lm: input tokens per forward pass (default: 8192 on a CPU; on a GPU from the "
+        "model's shape and the GPU's memory)",
     )
     group.add_argument(
         "--trust-remote-code",
