@@ -95,6 +95,9 @@ class GPUBenchConfig:
     e2e_protocol: str = "agnews-medium"
     e2e_executor: str = "ray"
     e2e_rows: int | None = None
+    # ...or as many query rows (whole tiles) as the scorer's measured speed fills in this many
+    # seconds, so that a slow scorer cannot stretch the run past its few minutes
+    e2e_seconds: float = 60.0
     # the README main job on the device (embedded model, agnews-small)
     embedded: bool = True
     # query rows of the CPU cross-check of the embedded model
@@ -216,14 +219,26 @@ def _split(protocol: str, data: str) -> tuple[Corpus, Corpus]:
     return split.queries, split.refs
 
 
-def end_to_end(model: Path, config: GPUBenchConfig, work: Path) -> dict[str, Any]:
+def e2e_row_count(config: GPUBenchConfig, rows: int, cols: int, pairs_per_second: float) -> int:
+    """Query rows of the end-to-end job: ``config.e2e_rows`` if set, else all of them or as many
+    whole tiles as ``pairs_per_second`` (the scorer's) computes in ``config.e2e_seconds``."""
+    if config.e2e_rows is not None:
+        return min(config.e2e_rows, rows)
+    fits = int(pairs_per_second * config.e2e_seconds / max(cols, 1))
+    return min(rows, max(config.tile, fits // config.tile * config.tile))
+
+
+def end_to_end(
+    model: Path, config: GPUBenchConfig, work: Path, scorer_pairs_per_second: float
+) -> dict[str, Any]:
     """``compute_matrix`` (what ``nncd matrix`` runs) on ``config.e2e_protocol``."""
     from nncd_ray import MatrixConfig, compute_matrix
     from nncd_ray.scorers import ScorerSpec
 
     rows, cols = _split(config.e2e_protocol, config.data)
-    if config.e2e_rows is not None:
-        rows = rows.subset(range(config.e2e_rows))
+    count = e2e_row_count(config, len(rows), len(cols), scorer_pairs_per_second)
+    if count < len(rows):
+        rows = rows.subset(range(count))
     summary = compute_matrix(
         MatrixConfig(
             store=str(work / "e2e.zarr"),
@@ -249,6 +264,7 @@ def end_to_end(model: Path, config: GPUBenchConfig, work: Path) -> dict[str, Any
     steady = max(summary.wall_seconds - summary.startup_seconds, 1e-9)
     return {
         "protocol": config.e2e_protocol,
+        "query_rows": len(rows),
         "executor": config.e2e_executor,
         "pairs": summary.pairs_computed,
         "wall_seconds": summary.wall_seconds,
@@ -316,7 +332,7 @@ def run(config: GPUBenchConfig) -> dict[str, Any]:
     }
     queries, refs = _split("agnews-small", config.data)
     rows, cols = list(queries.texts[: config.rows]), list(refs.texts)
-    with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=out) as scratch:
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as scratch:
         work = Path(scratch)
         models = build_models(config, work)
         for name, path in models.items():
@@ -335,20 +351,33 @@ def run(config: GPUBenchConfig) -> dict[str, Any]:
                 f"{naive['pairs_per_second']:.0f} naive",
                 file=sys.stderr,
             )
+            _save(out, results)
         first = next(iter(models))
-        e2e = end_to_end(models[first], config, work)
+        e2e = end_to_end(
+            models[first],
+            config,
+            work,
+            results["models"][first]["prefix_cached"]["pairs_per_second"],
+        )
         e2e["model"] = first
         e2e["share_of_scorer"] = (
             e2e["steady_pairs_per_second"]
             / results["models"][first]["prefix_cached"]["pairs_per_second"]
         )
         results["end_to_end"] = e2e
+        _save(out, results)
+        print(f"end to end: {e2e['steady_pairs_per_second']:.0f} pairs/s steady", file=sys.stderr)
         if config.embedded:
             results["embedded"] = embedded_on_device(config, work)
     results["peak_rss_bytes"] = peak_rss_bytes()
-    (out / "gpu.json").write_text(json.dumps(results, indent=2) + "\n")
+    _save(out, results)
     (out / "gpu.md").write_text(markdown(results))
     return results
+
+
+def _save(out: Path, results: dict[str, Any]) -> None:
+    """``gpu.json`` as far as the run got (a run stopped by a time limit keeps its stages)."""
+    (out / "gpu.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -373,7 +402,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"End to end ({e2e['executor']}, one actor, {e2e['model']}, {e2e['protocol']}, "
-        f"{e2e['pairs']:,} pairs): {e2e['wall_seconds']:.1f} s wall, start-up "
+        f"{e2e['query_rows']:,} query rows, {e2e['pairs']:,} pairs): "
+        f"{e2e['wall_seconds']:.1f} s wall, start-up "
         f"{e2e['startup_seconds']:.1f} s, {e2e['steady_pairs_per_second']:,.0f} pairs/s steady "
         f"= {e2e['share_of_scorer']:.0%} of the scorer's.",
     ]
@@ -403,6 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=128, help="tile edge (128)")
     parser.add_argument("--rows", type=int, help="agnews-small query rows timed (all 200)")
     parser.add_argument("--e2e-executor", choices=("ray", "local"), default="ray")
+    parser.add_argument(
+        "--e2e-seconds",
+        type=float,
+        default=60.0,
+        help="end-to-end job: all agnews-medium rows, or as many whole tiles as the scorer's "
+        "speed fills in this many seconds (60)",
+    )
     parser.add_argument("--no-embedded", action="store_true", help="skip the README main job")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, a few documents")
     args = parser.parse_args(argv)
@@ -415,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tile=args.tile,
         rows=args.rows,
         e2e_executor=args.e2e_executor,
+        e2e_seconds=args.e2e_seconds,
         embedded=not args.no_embedded,
     )
     if args.quick:
