@@ -37,3 +37,23 @@ def test_gpu_bench_quick_on_cpu(tmp_path: Path) -> None:
     assert results["embedded"]["max_abs_difference_vs_cpu_bits"] == 0.0
     table = (tmp_path / "gpu.md").read_text()
     assert "| gpt2-small | prefix-cached |" in table and "End to end" in table
+
+
+def test_gpu_profile_quick_on_cpu(tmp_path: Path) -> None:
+    from nncd_ray.bench.gpu_profile import family
+    from nncd_ray.bench.gpu_profile import main as profile_main
+
+    args = ["--data", str(SHARED_DATA / "agnews" / "test.csv"), "--device", "cpu"]
+    args += ["--dtype", "fp32", "--quick", "--rows", "2", "--budgets", "8192"]
+    assert profile_main([*args, "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "gpu_profile.json").read_text())
+    figures = results["budgets"]["8192"]
+    assert figures["prefix_cached"]["pairs"] == figures["naive"]["pairs"] == 2 * 16
+    assert figures["prefix_cached"]["device_seconds"] > 0
+    for path in ("prefix_cached", "naive"):
+        shares = results["profile"][path]["families"]
+        assert abs(sum(v["share"] for v in shares.values()) - 1.0) < 1e-9
+    assert family("ampere_bf16_s16816gemm_bf16_128x128") == "matmul"
+    assert family("fmha_cutlassF_bf16_aligned_64x64_rf_sm80") == "attention"
+    assert family("void at::native::index_elementwise_kernel") == "gather / copy"
+    assert family("void at::native::vectorized_layer_norm_kernel").startswith("other")

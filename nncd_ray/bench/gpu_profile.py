@@ -1,0 +1,229 @@
+"""Where a GPU's time goes in the LM scorer: device time by kernel family, and token budgets.
+
+Complements ``python -m nncd_ray.bench.gpu`` (whose pairs/s include the host's planning of the
+first tile) with, for the GPT-2-small shape of PROTOCOL.md on agnews-small:
+
+1. for each token budget: pairs/s of the prefix-cached and naive paths as ``bench.gpu`` times
+   them, and the *device* seconds of the same tiles planned beforehand (the steady state of a
+   worker, whose host plans tile k + 1 while the device runs tile k);
+2. a ``torch.profiler`` trace of both paths at the default budget, its device time summed by
+   kernel family (matmul, attention, softmax and cross-entropy, gathers and copies, the rest).
+
+    python -m nncd_ray.bench.gpu_profile --data DATA/agnews/test.csv --gutenberg DATA/gutenberg
+
+Writes ``gpu_profile.json`` to ``--out``; ``--quick --device cpu`` is the smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from nncd_ray.bench.gpu import GPUBenchConfig, _split, build_models, quick_config, time_scorer
+from nncd_ray.scorers.lm import LMScorer
+
+# kernel families, first match wins (CUDA kernel names, or CPU op names on a CPU)
+FAMILIES: tuple[tuple[str, str], ...] = (
+    ("attention", r"fmha|flash|attention|sdpa|cutlass.*mem_eff|cudnn.*(mha|attn)"),
+    ("matmul", r"gemm|cublas|cutlass|sm90_xmma|nvjet|matmul|\bmm\b|addmm|linear"),
+    ("softmax / cross-entropy", r"softmax|logsumexp|nll|cross_entropy|reduce"),
+    ("gather / copy", r"gather|index|copy|cat|scatter|memcpy|memset|fill"),
+)
+
+
+def family(name: str) -> str:
+    """The kernel family of a kernel (or op) name."""
+    lowered = name.lower()
+    for label, pattern in FAMILIES:
+        if re.search(pattern, lowered):
+            return label
+    return "other (layer norm, activations, adds)"
+
+
+def device_seconds(scorer: LMScorer, rows: Sequence[str], cols: Sequence[str], tile: int) -> float:
+    """Seconds to run every tile of ``rows × cols``, planned before the clock starts."""
+    import torch
+
+    prepared = [
+        scorer.prepare(rows[r : r + tile], cols[c : c + tile])
+        for r in range(0, len(rows), tile)
+        for c in range(0, len(cols), tile)
+    ]
+    if scorer.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    pending = [scorer.launch(p) for p in prepared]
+    for done in pending:
+        done.result()
+    return time.perf_counter() - start
+
+
+def profile(
+    scorer: LMScorer, rows: Sequence[str], cols: Sequence[str], tile: int
+) -> dict[str, Any]:
+    """Device time (or CPU time on a CPU) of one run over the tiles, by kernel family."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cuda = scorer.device.type == "cuda"
+    prepared = [scorer.prepare(rows[:tile], cols[:tile])]
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with torch_profile(activities=activities) as trace:
+        for p in prepared:
+            scorer.launch(p).result()
+    families: dict[str, float] = {}
+    kernels: list[tuple[str, float]] = []
+    for event in trace.key_averages():
+        seconds = (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e6
+        if seconds <= 0 or (cuda and event.device_type.name != "CUDA"):
+            continue
+        families[family(event.key)] = families.get(family(event.key), 0.0) + seconds
+        kernels.append((event.key[:120], seconds))
+    total = sum(families.values()) or 1.0
+    kernels.sort(key=lambda k: -k[1])
+    return {
+        "seconds": total,
+        "families": {k: {"seconds": v, "share": v / total} for k, v in families.items()},
+        "top_kernels": [{"name": n, "seconds": s} for n, s in kernels[:15]],
+    }
+
+
+def run(config: GPUBenchConfig, budgets: Sequence[int]) -> dict[str, Any]:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    queries, refs = _split("agnews-small", config.data)
+    rows, cols = list(queries.texts[: config.rows]), list(refs.texts)
+    if config.quick:  # a smoke run: a few pairs of each kind
+        cols = cols[:16]
+    results: dict[str, Any] = {"device": config.device, "budgets": {}, "profile": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-profile-") as scratch:
+        model = build_models(replace(config, shapes=("gpt2-small",)), Path(scratch))["gpt2-small"]
+        for budget in budgets:
+            per_path: dict[str, Any] = {}
+            for cached in (True, False):
+                timed, _ = time_scorer(
+                    model, rows, cols, replace(config, token_budget=budget), cached=cached
+                )
+                scorer = LMScorer(
+                    str(model),
+                    device=config.device,
+                    dtype=config.dtype,
+                    token_budget=budget,
+                    prefix_cache=cached,
+                )
+                scorer.score_tile(rows[:2], cols[:4])
+                seconds = device_seconds(scorer, rows, cols, config.tile)
+                timed["device_seconds"] = seconds
+                timed["device_pairs_per_second"] = len(rows) * len(cols) / seconds
+                per_path["prefix_cached" if cached else "naive"] = timed
+            per_path["cached_over_naive"] = (
+                per_path["prefix_cached"]["pairs_per_second"]
+                / per_path["naive"]["pairs_per_second"]
+            )
+            per_path["device_cached_over_naive"] = (
+                per_path["prefix_cached"]["device_pairs_per_second"]
+                / per_path["naive"]["device_pairs_per_second"]
+            )
+            results["budgets"][str(budget)] = per_path
+            print(f"budget {budget}: {json.dumps(_brief(per_path))}", file=sys.stderr)
+            (out / "gpu_profile.json").write_text(json.dumps(results, indent=2) + "\n")
+        for cached in (True, False):
+            scorer = LMScorer(
+                str(model), device=config.device, dtype=config.dtype, prefix_cache=cached
+            )
+            scorer.score_tile(rows[:2], cols[:4])
+            results["profile"]["prefix_cached" if cached else "naive"] = profile(
+                scorer, rows, cols, config.tile
+            )
+    (out / "gpu_profile.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _brief(per_path: dict[str, Any]) -> dict[str, Any]:
+    return {
+        path: {
+            "pairs/s": round(per_path[path]["pairs_per_second"]),
+            "device pairs/s": round(per_path[path]["device_pairs_per_second"]),
+            "passes": per_path[path]["forward_passes"],
+        }
+        for path in ("prefix_cached", "naive")
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "| token budget | cached pairs/s | naive pairs/s | cached / naive | "
+        "device-only: cached | naive | cached / naive |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for budget, fig in results["budgets"].items():
+        cached, naive = fig["prefix_cached"], fig["naive"]
+        lines.append(
+            f"| {int(budget):,} | {cached['pairs_per_second']:,.0f} | "
+            f"{naive['pairs_per_second']:,.0f} | {fig['cached_over_naive']:.2f}× | "
+            f"{cached['device_pairs_per_second']:,.0f} | {naive['device_pairs_per_second']:,.0f} "
+            f"| {fig['device_cached_over_naive']:.2f}× |"
+        )
+    lines += [
+        "",
+        "| path | device s (one tile) | " + " | ".join(f for f, _ in FAMILIES) + " | other |",
+    ]
+    lines.append("|---|---:|" + "---:|" * (len(FAMILIES) + 1))
+    for path, prof in results["profile"].items():
+        shares = [prof["families"].get(f, {"share": 0.0})["share"] for f, _ in FAMILIES]
+        other = 1.0 - sum(shares)
+        lines.append(
+            f"| {path} | {prof['seconds']:.3f} | "
+            + " | ".join(f"{s:.0%}" for s in shares)
+            + f" | {other:.0%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nncd_ray.bench.gpu_profile",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", required=True, help="AG News test.csv")
+    parser.add_argument("--gutenberg", help="folder of Gutenberg .txt books (the tokenizer)")
+    parser.add_argument("--out", default="runs/bench-gpu", help="folder for gpu_profile.json")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
+    parser.add_argument("--rows", type=int, help="agnews-small query rows timed (all 200)")
+    parser.add_argument(
+        "--budgets",
+        default="65536,131072,262144",
+        help="token budgets to time, comma-separated (65536,131072,262144)",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, a few documents")
+    args = parser.parse_args(argv)
+    config = GPUBenchConfig(
+        data=args.data,
+        gutenberg=args.gutenberg,
+        out=args.out,
+        device=args.device,
+        dtype=args.dtype,
+        rows=args.rows,
+    )
+    if args.quick:
+        config = quick_config(config)
+        if args.rows is not None:
+            config = replace(config, rows=args.rows)
+    budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
+    results = run(config, budgets)
+    sys.stdout.write(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
