@@ -56,6 +56,11 @@ class MatrixConfig:
     # an autoscaling cluster may have no node with the resources yet: warn and wait (up to
     # actor_timeout_s) instead of refusing at once
     wait_for_resources: bool = False
+    # candidate pruning (rectangular jobs): the scorer computes C(xy) only for the M references
+    # that the prefilter ranks nearest to each query (the sparse layout); None: every pair (dense)
+    candidates: int | None = None
+    # what ranks the references for --candidates: a name of nncd_ray.matrix.prefilter.available()
+    prefilter: str = "zstd"
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:
@@ -78,6 +83,9 @@ class MatrixConfig:
             raise ConfigError(f"--max-attempts must be at least 1, not {self.max_attempts}")
         if self.actor_timeout_s <= 0:
             raise ConfigError("actor_timeout_s must be positive")
+        # the prefilter's name is checked by the sparse job before any work
+        if self.candidates is not None and self.candidates < 1:
+            raise ConfigError(f"--candidates must be at least 1, not {self.candidates}")
 
 
 __all__ = ["DEFAULT_TILE", "EXECUTORS", "GPU_TILE", "MatrixConfig"]

@@ -26,6 +26,7 @@ from nncd_ray.matrix.store.chunks import UndecodableChunk, read_cells
 from nncd_ray.matrix.store.fingerprint import fingerprint_differences, software_versions
 from nncd_ray.matrix.store.layout import (
     COL_DIM,
+    DENSE,
     FORMAT,
     ROW_DIM,
     TILE_DIMS,
@@ -63,7 +64,14 @@ class MatrixStore:
         self.square: bool = bool(attrs["square"])
         self.config: dict[str, Any] = dict(attrs["config"])
         shape = self.array("pair_bits").shape
+        # dense: (rows, references); sparse: (rows, candidates per row)
         self.plan = TilePlan(n_rows=int(shape[0]), n_cols=int(shape[1]), tile=self.tile)
+        # "dense" (stores written before sparse ones existed have no layout attribute) or
+        # "sparse" (nncd_ray.matrix.store.sparse)
+        self.layout: str = str(attrs.get("layout", DENSE))
+        self.sparse = self.layout != DENSE
+        # number of references (columns of the dense matrix)
+        self.n_refs = int(self.array("col_bits").shape[0])
         self.has_reversed = "pair_bits_reversed" in group
         # stores written before scored bytes were recorded lack these arrays
         self.has_scored_bytes = "row_scored_bytes" in group
@@ -71,7 +79,7 @@ class MatrixStore:
     # -- opening -----------------------------------------------------------------------------
 
     @staticmethod
-    def _zarr_store(
+    def zarr_store(
         url: str, storage_options: Mapping[str, Any], *, read_only: bool
     ) -> LocalStore | FsspecStore:
         if is_remote(url):
@@ -109,7 +117,7 @@ class MatrixStore:
             )
         if state == "other":
             raise StoreError(f"{url} is not a matrix store (no zarr.json in it)")
-        store = cls._zarr_store(url, options, read_only=mode == "r")
+        store = cls.zarr_store(url, options, read_only=mode == "r")
         group = zarr.open_group(store=store, mode=mode, use_consolidated=False)  # type: ignore[arg-type]
         if group.attrs.get("format") != FORMAT:
             raise StoreError(
@@ -169,6 +177,12 @@ class MatrixStore:
             )
         existing = cls.open(url, storage_options=options)
         differences = fingerprint_differences(existing.config, expected)
+        if "layout" not in expected and existing.sparse:
+            differences.insert(
+                0,
+                f"layout {existing.layout} ({existing.plan.n_cols} candidates per query, "
+                f"prefilter {existing.attrs.get('prefilter', {}).get('name', '?')}), not dense",
+            )
         if differences:
             raise StoreMismatch(
                 f"store {url} was computed with "
@@ -237,7 +251,7 @@ class MatrixStore:
         options: dict[str, Any],
     ) -> MatrixStore:
         square = cols is None
-        store = cls._zarr_store(url, options, read_only=False)
+        store = cls.zarr_store(url, options, read_only=False)
         group = zarr.open_group(store=store, mode="a", use_consolidated=False)
         sides = {"row": rows, "col": rows if cols is None else cols}
         coordinates = {side: coordinate_names(side, corpus) for side, corpus in sides.items()}
