@@ -30,7 +30,7 @@ from nncd_ray.errors import ConfigError
 from nncd_ray.matrix.config import DEFAULT_TILE, MatrixConfig
 from nncd_ray.matrix.failures import RetryPolicy
 from nncd_ray.matrix.prefilter import make_prefilter
-from nncd_ray.matrix.prefilter.base import Prefilter, PrefilterJob, PrefilterReader
+from nncd_ray.matrix.prefilter.base import Prefilter, PrefilterJob, PrefilterSummary
 from nncd_ray.matrix.store.chunks import UndecodableChunk
 from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.matrix.store.sparse import (
@@ -127,11 +127,7 @@ def run_sparse(
         scorer={"name": config.scorer.name, "options": dict(config.scorer.options)},
         storage_options=options,
     )
-    url = prefilter_url(config.store)
-    job = PrefilterJob(url=url, config=config, rows=rows, cols=refs, lease=lease, started=started)
-    summary = prefilter.compute(job)
-    reader = prefilter.open(url, storage_options=options)
-    _write_candidates(store, plan, reader, m)
+    summary = _choose_candidates(config, rows, refs, lease, started, store, prefilter)
 
     def adopt(_: MatrixConfig, __: TilePlan, compressor: Mapping[str, Any]) -> MatrixStore:
         SparseStore.adopt_compressor(store, compressor)
@@ -155,32 +151,62 @@ def _owners_first(plan: TilePlan, n_refs: int) -> Callable[[list[Tile]], list[Ti
     return order
 
 
-def _write_candidates(store: MatrixStore, plan: TilePlan, reader: PrefilterReader, m: int) -> None:
-    """Choose and write the candidates of every row band not yet written (all of them on the
-    first run; on resume, those that fail to decode or name impossible columns, whose tiles then
-    lose their markers)."""
-    written = SparseStore.candidates_written(store)
-    mask = store.done_mask() if written else None
-    for band, start in enumerate(range(0, plan.n_rows, plan.tile)):
-        stop = min(start + plan.tile, plan.n_rows)
-        if written:
-            try:
-                stored = SparseStore.read_candidates(store, slice(start, stop), slice(0, m))
-                problem = candidates_problem(stored, store.n_refs)
-            except UndecodableChunk as exc:
-                problem = str(exc)
-            if problem is None:
-                continue
+def _bad_bands(store: MatrixStore, plan: TilePlan, m: int) -> list[int]:
+    """Row bands whose candidates are still to choose: all of them before the first run has
+    written them; then those that fail to decode or name impossible columns."""
+    bands = list(range(plan.grid[0]))
+    if not SparseStore.candidates_written(store):
+        return bands
+    bad = []
+    for band in bands:
+        start, stop = band * plan.tile, min((band + 1) * plan.tile, plan.n_rows)
+        try:
+            stored = SparseStore.read_candidates(store, slice(start, stop), slice(0, m))
+            problem = candidates_problem(stored, store.n_refs)
+        except UndecodableChunk as exc:
+            problem = str(exc)
+        if problem is not None:
             log.warning(
                 "candidates of rows %d-%d %s: choosing them again", start, stop - 1, problem
             )
-            if mask is not None:
-                for index_col in np.flatnonzero(mask[band]):
-                    store.unmark(band, int(index_col))
-        chosen = nearest_candidates(reader.distances(start, stop), m)
-        SparseStore.write_candidates(store, start, chosen)
+            bad.append(band)
+    return bad
+
+
+def _choose_candidates(
+    config: MatrixConfig,
+    rows: Corpus,
+    refs: Corpus,
+    lease: Lease,
+    started: float,
+    store: MatrixStore,
+    prefilter: Prefilter,
+) -> PrefilterSummary:
+    """Phases 1 and 2 (see the module docstring): compute what is missing of the prefilter's data
+    and choose the candidates of every row band not written yet. On a resume where every band's
+    candidates are good, neither runs (nothing is written before the scorers start, so a store
+    computed with another compressor is refused untouched)."""
+    plan, m = store.plan, store.plan.n_cols
+    bad = _bad_bands(store, plan, m)
+    if not bad:
+        return PrefilterSummary(name=prefilter.name, computed=0, unit="computed", seconds=0.0)
+    url = prefilter_url(config.store)
+    job = PrefilterJob(url=url, config=config, rows=rows, cols=refs, lease=lease, started=started)
+    summary = prefilter.compute(job)
+    reader = prefilter.open(url, storage_options=config.storage_options)
+    written = SparseStore.candidates_written(store)
+    mask = store.done_mask() if written else None
+    for band in bad:
+        start, stop = band * plan.tile, min((band + 1) * plan.tile, plan.n_rows)
+        SparseStore.write_candidates(
+            store, start, nearest_candidates(reader.distances(start, stop), m)
+        )
+        if mask is not None:  # tiles computed for the candidates that were lost
+            for index_col in np.flatnonzero(mask[band]):
+                store.unmark(band, int(index_col))
     if not written:
         SparseStore.mark_candidates_written(store)
+    return summary
 
 
 __all__ = ["check_sparse_request", "nearest_candidates", "run_sparse", "sparse_fingerprint"]

@@ -44,7 +44,8 @@ class PrefilterSummary:
     """What one prefilter phase did."""
 
     name: str
-    # units computed by this run (pairs for a classical prefilter, documents for embeddings)
+    # what this run computed, in ``unit`` ("pairs computed" for a classical prefilter,
+    # "documents embedded" for embeddings)
     computed: int
     unit: str
     seconds: float
@@ -55,7 +56,11 @@ class PrefilterSummary:
             "computed": self.computed,
             "unit": self.unit,
             "seconds": self.seconds,
-            "work": f"{self.computed:,} {self.unit} computed in {self.seconds:.1f} s",
+            "work": (
+                f"{self.computed:,} {self.unit} in {self.seconds:.1f} s"
+                if self.computed
+                else "nothing left to compute"
+            ),
         }
 
 

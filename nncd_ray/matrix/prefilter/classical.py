@@ -65,7 +65,7 @@ class ClassicalPrefilter:
         return PrefilterSummary(
             name=self.name,
             computed=ledger.pairs_computed,
-            unit="pairs",
+            unit="pairs computed",
             seconds=time.perf_counter() - started,
         )
 

@@ -88,8 +88,11 @@ class SentenceEmbedder:
 
     def __init__(self, settings: EmbeddingSettings | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from nncd_ray.scorers.lm.devices import resolve_device
+
+        hf_logging.disable_progress_bar()  # the per-load bar is noise on stderr
 
         self.settings = settings or EmbeddingSettings()
         path = embedding_model_dir()

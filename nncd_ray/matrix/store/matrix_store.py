@@ -49,6 +49,16 @@ def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
 
+def _describe_layout(config: Mapping[str, Any]) -> str:
+    """``dense (every pair)`` or ``sparse (40 candidates per query, prefilter zstd)``."""
+    layout = str(config.get("layout", DENSE))
+    if layout == DENSE:
+        return "dense (every pair)"
+    prefilter = config.get("prefilter")
+    name = prefilter.get("name", "?") if isinstance(prefilter, Mapping) else "?"
+    return f"{layout} ({config.get('candidates')} candidates per query, prefilter {name})"
+
+
 class MatrixStore:
     """A handle on one matrix store. Build with :meth:`create_or_resume` or :meth:`open`."""
 
@@ -177,11 +187,13 @@ class MatrixStore:
             )
         existing = cls.open(url, storage_options=options)
         differences = fingerprint_differences(existing.config, expected)
-        if "layout" not in expected and existing.sparse:
+        wanted = str(expected.get("layout", DENSE))
+        if wanted != existing.layout:  # one line for the layout, not one per sparse setting
+            layout_keys = ("layout ", "candidates ", "prefilter ")
+            differences = [d for d in differences if not d.startswith(layout_keys)]
             differences.insert(
                 0,
-                f"layout {existing.layout} ({existing.plan.n_cols} candidates per query, "
-                f"prefilter {existing.attrs.get('prefilter', {}).get('name', '?')}), not dense",
+                f"layout {_describe_layout(existing.config)}, not {_describe_layout(expected)}",
             )
         if differences:
             raise StoreMismatch(
