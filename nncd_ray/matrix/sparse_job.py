@@ -6,6 +6,7 @@ Three phases, each resumable, all under the caller's lease on one store
 
 1. the prefilter's data (a classical compressor's dense matrix through the engine itself, or the
    sentence embeddings) in the store's ``prefilter`` group: only what is missing is computed;
+   with ``hubs``, also the scorer's probe of a few sample queries (:mod:`nncd_ray.matrix.hubs`);
 2. each query's M candidates, in the prefilter's order (distance, then column index), written row
    band by row band; then the ``candidates_written`` attribute. On resume every band is checked,
    and a band that fails to decode or names impossible columns is chosen again from the prefilter
@@ -29,6 +30,7 @@ from numpy.typing import NDArray
 from nncd_ray.errors import ConfigError
 from nncd_ray.matrix.config import DEFAULT_TILE, MatrixConfig
 from nncd_ray.matrix.failures import RetryPolicy
+from nncd_ray.matrix.hubs import HUBS_GROUP, hub_fingerprint, hubs_first, run_hub_probe
 from nncd_ray.matrix.prefilter import make_prefilter
 from nncd_ray.matrix.prefilter.base import Prefilter, PrefilterJob, PrefilterSummary
 from nncd_ray.matrix.store.chunks import UndecodableChunk
@@ -90,6 +92,7 @@ def sparse_fingerprint(
         "layout": SPARSE,
         "candidates": config.candidates,
         "prefilter": prefilter.fingerprint(),
+        "hubs": hub_fingerprint(config.hubs, config.hub_sample) if config.hubs else None,
     }
 
 
@@ -194,13 +197,21 @@ def _choose_candidates(
     job = PrefilterJob(url=url, config=config, rows=rows, cols=refs, lease=lease, started=started)
     summary = prefilter.compute(job)
     reader = prefilter.open(url, storage_options=config.storage_options)
+    hubs = np.zeros(0, dtype=np.int64)
+    if config.hubs:
+        stored = store.attrs.get(HUBS_GROUP)
+        if isinstance(stored, dict):  # chosen by an earlier run
+            hubs = np.asarray(stored["columns"], dtype=np.int64)
+        else:
+            hubs, probe = run_hub_probe(config, rows, refs, lease, started)
+            store.update_attrs({HUBS_GROUP: probe})
+            summary = replace(summary, hub_probe=probe)
     written = SparseStore.candidates_written(store)
     mask = store.done_mask() if written else None
     for band in bad:
         start, stop = band * plan.tile, min((band + 1) * plan.tile, plan.n_rows)
-        SparseStore.write_candidates(
-            store, start, nearest_candidates(reader.distances(start, stop), m)
-        )
+        distances = hubs_first(reader.distances(start, stop), hubs)
+        SparseStore.write_candidates(store, start, nearest_candidates(distances, m))
         if mask is not None:  # tiles computed for the candidates that were lost
             for index_col in np.flatnonzero(mask[band]):
                 store.unmark(band, int(index_col))

@@ -126,11 +126,18 @@ class MatrixSummary:
         if self.layout != "sparse" or not self.pairs_dense:
             return ""
         prefilter = self.prefilter or {}
+        probe = prefilter.get("hub_probe")
+        hubs = (
+            f"; hub probe: {probe['computed']:,} pairs of {len(probe['sample_rows'])} sample "
+            f"queries computed, hubs {', '.join(str(i) for i in probe['ids'])}"
+            if probe
+            else ""
+        )
         return (
             f"; sparse: {self.candidates} candidates per query, "
             f"{self.pairs_sparse:,} of the {self.pairs_dense:,} pairs "
             f"({100.0 * self.pairs_sparse / self.pairs_dense:.1f}%) scored; prefilter "
-            f"{prefilter.get('name', '?')}: {prefilter.get('work', 'done')}"
+            f"{prefilter.get('name', '?')}: {prefilter.get('work', 'done')}{hubs}"
         )
 
 

@@ -155,3 +155,17 @@ def test_compare_refuses_other_documents(
     other = build(tmp_path / "other.zarr", corpus(40, "x"), cols)
     with pytest.raises(InputError, match="hold other rows documents"):
         compare_stores(pruned, other)
+
+
+def test_compare_counts_the_hub_probe(
+    stores: tuple[str, str, Corpus, Corpus], tmp_path: Path
+) -> None:
+    dense, _, rows, cols = stores
+    pruned = build(tmp_path / "hubs.zarr", rows, cols, candidates=8, hubs=2, hub_sample=5)
+    comparison = compare_stores(pruned, dense, ks=KS, curve=(8,))
+    assert comparison.hubs == 2 and comparison.pairs_pruned == 40 * 8 + 5 * 30
+    assert comparison.curve is not None
+    # the curve puts the same hubs first: at M it is the real pruned run
+    assert comparison.curve.points[0].recall == comparison.recall
+    assert comparison.curve.points[0].accuracy == comparison.accuracy_pruned
+    assert "2 of them the scorer's hubs" in comparison.to_markdown()

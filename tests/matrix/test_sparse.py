@@ -27,6 +27,7 @@ from nncd_ray.errors import (
 )
 from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
 from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+from nncd_ray.matrix.hubs import choose_hubs, hubs_first, sample_rows
 from nncd_ray.matrix.sparse_job import nearest_candidates
 from nncd_ray.matrix.store.integrity import verify_store
 from nncd_ray.matrix.store.matrix_store import MatrixStore
@@ -35,7 +36,8 @@ from nncd_ray.matrix.store.sparse import (
     column_bands,
     owned_column_bands,
 )
-from nncd_ray.scorers import ScorerSpec
+from nncd_ray.ncd import ncd_matrix
+from nncd_ray.scorers import ScorerSpec, make_scorer
 
 SYNTHETIC = ScorerSpec(name="synthetic", options={})
 GZIP = ScorerSpec(name="gzip", options={})
@@ -283,3 +285,47 @@ def test_a_killed_job_resumes(tmp_path: Path) -> None:
     assert f"{6 - done} tiles computed, {done} already done of 6" in finished.stdout
     candidates = expected_candidates("zstd", rows, cols, 4)
     assert_sparse_store_matches(str(store), SYNTHETIC, rows, cols, candidates)
+
+
+def test_choose_hubs_and_their_place() -> None:
+    assert sample_rows(10, 3) == [0, 4, 9] and sample_rows(3, 10) == [0, 1, 2]
+    distances = np.tile(np.linspace(0.1, 0.8, 10), (3, 1))
+    distances[0, [5, 3]] = 0.0, 0.95  # nearest: 5; 3 not among the 7 nearest
+    distances[1, [3, 5]] = 0.0, 0.05  # nearest: 3; 5 among the 7 nearest
+    distances[2, [3, 5]] = 0.0, 0.05  # nearest: 3 again
+    # 3 is the nearest of two rows, 5 of one; then the most often among the 7 nearest
+    assert choose_hubs(distances, 3).tolist() == [3, 5, 0]
+    assert choose_hubs(distances[:2], 2).tolist() == [5, 3]  # one each: 5 is more often near
+    assert choose_hubs(distances[:2], 12).tolist()[-1] != 9  # never a column no row is near
+    hubs = np.array([9, 2])
+    assert nearest_candidates(hubs_first(distances, hubs), 3).tolist()[0] == [9, 2, 5]
+
+
+def test_hubs_join_every_query_s_candidates(tmp_path: Path) -> None:
+    rows, cols = corpus(14, "q"), corpus(11, "r")
+    path = tmp_path / "h.zarr"
+    config = sparse(path, candidates=5, hubs=2, hub_sample=4)
+    summary = compute_matrix(config, rows, cols)
+    probe = (summary.prefilter or {})["hub_probe"]
+    assert probe["sample_rows"] == [0, 4, 9, 13] and probe["computed"] == 4 * 11
+    assert "hub probe: 44 pairs of 4 sample queries computed" in summary.one_line()
+    # the hubs of the sample rows' exact gzip NCD, first in every query's candidates
+    scorer = make_scorer(GZIP)
+    sample = [rows.texts[i] for i in probe["sample_rows"]]
+    exact = ncd_matrix(
+        scorer.document_bits(sample).astype(np.float32),
+        scorer.document_bits(cols.texts).astype(np.float32),
+        scorer.pair_bits(sample, cols.texts).astype(np.float32),
+    )
+    hubs = choose_hubs(exact, 2)
+    assert probe["columns"] == hubs.tolist()
+    expected = expected_candidates("zstd", rows, cols, 11)
+    chosen = np.array([[*hubs, *(c for c in row if c not in hubs)][:5] for row in expected])
+    assert_sparse_store_matches(str(path), GZIP, rows, cols, chosen)
+    assert MatrixStore.open(str(path / "hubs")).done_mask().all()
+    again = compute_matrix(config, rows, cols)
+    assert again.tiles_computed == 0 and (again.prefilter or {}).get("hub_probe") is None
+    with pytest.raises(StoreMismatch, match="hubs"):
+        compute_matrix(sparse(path, candidates=5), rows, cols)
+    with pytest.raises(ConfigError, match="--hubs 6 adds hub references"):
+        compute_matrix(sparse(path, candidates=5, hubs=6), rows, cols)

@@ -49,6 +49,8 @@ class PrefilterSummary:
     computed: int
     unit: str
     seconds: float
+    # the scorer's hub probe (nncd_ray.matrix.hubs.run_hub_probe) when this run made it
+    hub_probe: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class PrefilterSummary:
             "computed": self.computed,
             "unit": self.unit,
             "seconds": self.seconds,
+            "hub_probe": self.hub_probe,
             "work": (
                 f"{self.computed:,} {self.unit} in {self.seconds:.1f} s"
                 if self.computed

@@ -189,7 +189,7 @@ class MatrixStore:
         differences = fingerprint_differences(existing.config, expected)
         wanted = str(expected.get("layout", DENSE))
         if wanted != existing.layout:  # one line for the layout, not one per sparse setting
-            layout_keys = ("layout ", "candidates ", "prefilter ")
+            layout_keys = ("layout ", "candidates ", "prefilter ", "hubs ")
             differences = [d for d in differences if not d.startswith(layout_keys)]
             differences.insert(
                 0,
