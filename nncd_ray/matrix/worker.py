@@ -193,8 +193,17 @@ class TileWorker:
         self, rows: Sequence[str], candidates: NDArray[np.int64], *, reverse: bool
     ) -> tuple[NDArray[np.float64], int]:
         """``(len(rows), m) float64`` C(x y) (``reverse``: C(y x)) of each row x and its
-        candidates y (column indices), and the scorer's work units. One scorer call per row: a
-        scorer's tile is a rectangle, and each row has its own columns."""
+        candidates y (column indices), and the scorer's work units.
+
+        A scorer with ``score_candidates(rows, cols, candidates, reverse=...)`` (returning
+        :class:`TileScores` whose ``pair_bits`` is ``(len(rows), m)``) scores them in one call;
+        otherwise one scorer call per row: a scorer's tile is a rectangle, and each row has its
+        own columns (on a GPU an LM then runs small passes, one row at a time)."""
+        method = getattr(self.scorer, "score_candidates", None)
+        if method is not None:
+            with self._device:
+                scores: TileScores = method(rows, self.col_texts, candidates, reverse=reverse)
+            return np.asarray(scores.pair_bits, dtype=np.float64), int(scores.work_units)
         out = np.empty(candidates.shape, dtype=np.float64)
         work = 0
         for i, x in enumerate(rows):

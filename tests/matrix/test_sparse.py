@@ -36,8 +36,10 @@ from nncd_ray.matrix.store.sparse import (
     column_bands,
     owned_column_bands,
 )
+from nncd_ray.matrix.worker import TileWorker
 from nncd_ray.ncd import ncd_matrix
 from nncd_ray.scorers import ScorerSpec, make_scorer
+from nncd_ray.scorers.base import TileScores
 
 SYNTHETIC = ScorerSpec(name="synthetic", options={})
 GZIP = ScorerSpec(name="gzip", options={})
@@ -329,3 +331,32 @@ def test_hubs_join_every_query_s_candidates(tmp_path: Path) -> None:
         compute_matrix(sparse(path, candidates=5), rows, cols)
     with pytest.raises(ConfigError, match="--hubs 6 adds hub references"):
         compute_matrix(sparse(path, candidates=5, hubs=6), rows, cols)
+
+
+def test_a_scorer_may_score_a_tile_s_candidates_in_one_call(tmp_path: Path) -> None:
+    """The worker's hook for scorers that batch each row's own columns (``score_candidates``)."""
+    rows, cols = corpus(8, "q"), corpus(9, "r")
+    path = tmp_path / "s.zarr"
+    compute_matrix(sparse(path, tile=8), rows, cols)
+    before = np.asarray(MatrixStore.open(str(path)).array("pair_bits")[:])
+    worker = TileWorker(
+        spec=GZIP, store_url=str(path), storage_options=None, row_texts=rows.texts,
+        col_texts=cols.texts,
+    )  # fmt: skip
+    calls = []
+
+    def score_candidates(
+        texts: list[str], columns: list[str], candidates: np.ndarray, *, reverse: bool
+    ) -> TileScores:
+        calls.append((len(texts), candidates.shape, reverse))
+        bits = [worker.scorer.pair_bits([x], [columns[j] for j in c])[0] for x, c in zip(
+            texts, candidates, strict=True
+        )]  # fmt: skip
+        return TileScores(row_bits=np.zeros(0), col_bits=np.zeros(0), pair_bits=np.array(bits))
+
+    worker.scorer.score_candidates = score_candidates  # type: ignore[attr-defined]
+    store = MatrixStore.open(str(path), mode="r+")
+    store.array("pair_bits")[:] = np.nan
+    worker.compute(store.plan.tile_at(0, 0))
+    assert calls == [(8, (8, 5), False)]
+    np.testing.assert_array_equal(np.asarray(store.array("pair_bits")[:]), before)
