@@ -256,8 +256,12 @@ class PruningComparison:
         if self.curve is not None:
             lines += [
                 "",
-                f"## Over M (prefilter {name}; derived from the dense store: k-NN on its NCD "
-                "among each query's M nearest by the prefilter)",
+                f"## Over M (prefilter {name}"
+                + (f", the {self.hubs} hubs first" if self.hubs else "")
+                + "; derived from the dense store: k-NN on its NCD among each query's M "
+                "candidates; share of pairs: queries × M"
+                + (", the probe's not included" if self.hubs else "")
+                + ")",
                 "",
                 *self.curve.markdown_table(),
             ]
