@@ -233,3 +233,14 @@ def test_agnews_small_lzma(tmp_path: Path) -> None:
 def test_agnews_medium_reproduces_the_protocol(tmp_path: Path) -> None:
     run_study(study(tmp_path, "agnews-medium", "gzip,bz2,lzma", plots=False))
     check_baselines(tmp_path / "study" / "study.json", "agnews-medium", ["gzip", "bz2", "lzma"])
+
+
+@needs_agnews
+def test_a_pruned_study(tmp_path: Path) -> None:
+    """``nncd study --candidates M``: every matrix pruned, neighbours among the candidates."""
+    result = run_study(study(tmp_path, "agnews-small", "gzip", candidates=20, plots=False))
+    (row,) = result.rows
+    assert row.report.candidates == 20 and row.pairs_computed == 200 * 20
+    table = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert table["candidates"] == 20 and table["prefilter"] == "zstd"
+    assert "each query's 20 candidates chosen by prefilter zstd" in result.to_markdown()
