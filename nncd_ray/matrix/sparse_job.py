@@ -108,6 +108,9 @@ def run_sparse(
     prefilter phase's summary (:meth:`PrefilterSummary.to_dict`)."""
     m, refs = check_sparse_request(config, cols)
     prefilter = make_prefilter(config.prefilter)
+    check_available = getattr(prefilter, "check_available", None)
+    if check_available is not None:  # a missing optional extra, before anything is written
+        check_available()
     options = dict(config.storage_options or {})
     if config.overwrite:
         MatrixStore.delete(config.store, storage_options=options)

@@ -360,3 +360,15 @@ def test_a_scorer_may_score_a_tile_s_candidates_in_one_call(tmp_path: Path) -> N
     worker.compute(store.plan.tile_at(0, 0))
     assert calls == [(8, (8, 5), False)]
     np.testing.assert_array_equal(np.asarray(store.array("pair_bits")[:]), before)
+
+
+def test_embed_without_its_extra_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nncd_ray.matrix.prefilter import sentence_model
+
+    monkeypatch.setattr(sentence_model, "PACKAGE", "no_such_embedding_package")
+    path = tmp_path / "e.zarr"
+    with pytest.raises(ConfigError, match=r"pip install 'nncd_ray\[embed\]'"):
+        compute_matrix(sparse(path, prefilter="embed"), corpus(6, "q"), corpus(6, "r"))
+    assert not path.exists()

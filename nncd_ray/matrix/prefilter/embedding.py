@@ -68,6 +68,10 @@ class EmbeddingPrefilter:
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, "distance": "1 - cosine", **self.settings.fingerprint()}
 
+    def check_available(self) -> None:
+        """Refuse (with the install hint) where the ``[embed]`` extra is missing."""
+        embedding_model_dir()
+
     def compute(self, job: PrefilterJob) -> PrefilterSummary:
         """Embed the documents of every chunk not done yet (checking the done ones first)."""
         started = time.perf_counter()
