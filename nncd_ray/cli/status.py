@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from nncd_ray.cli.common import parse_options
+from nncd_ray.errors import NNCDError
 from nncd_ray.matrix.store.chunks import UndecodableChunk
 from nncd_ray.matrix.store.integrity import verify_store
 from nncd_ray.matrix.store.lease import Lease
@@ -98,7 +99,38 @@ def _status(url: str, storage_options: dict[str, Any] | None, *, verify: bool) -
         "lease": None if holder is None else {**holder.__dict__, "stale": lease.is_stale(holder)},
         "truncation": truncation,
         "documents_truncated": None if truncation is None else truncation["documents"],
+        **_sparse(store, verify=verify),
         **({"verify": verified} if verified is not None else {}),
+    }
+
+
+def _sparse(store: MatrixStore, *, verify: bool) -> dict[str, Any]:
+    """A sparse store's layout, candidates per query, references and prefilter (with ``verify``,
+    the prefilter's problems too); ``{"layout": "dense"}`` for a dense store."""
+    if not store.sparse:
+        return {"layout": store.layout}
+    from nncd_ray.matrix.prefilter import make_prefilter
+    from nncd_ray.matrix.store.sparse import prefilter_url
+
+    described = dict(store.attrs.get("prefilter") or {})
+    prefilter: dict[str, Any] = {**described, "complete": False}
+    try:
+        reader = make_prefilter(str(described.get("name"))).open(
+            prefilter_url(store.url), store.storage_options
+        )
+        prefilter["complete"] = reader.complete()
+        if verify:
+            prefilter["problems"] = reader.verify()
+    except NNCDError as exc:  # not written yet, or an unknown prefilter
+        prefilter["problems"] = [str(exc)] if verify else []
+    except (KeyError, FileNotFoundError):
+        prefilter["problems"] = ["not computed yet"] if verify else []
+    return {
+        "layout": store.layout,
+        "candidates": store.plan.n_cols,
+        "references": store.n_refs,
+        "prefilter": prefilter,
+        "hubs": store.attrs.get("hubs"),
     }
 
 
@@ -124,6 +156,24 @@ def _human(status: dict[str, Any]) -> str:
         f"tiles: {done} done, {failed} failed, {total} total ({100.0 * done / total:.1f}%)",
         f"pairs: {status['pairs_done']:,} of {status['pairs_total']:,}",
     ]
+    if status.get("layout") == "sparse":
+        prefilter = status["prefilter"]
+        lines.append(
+            f"sparse: {status['candidates']} candidates of {status['references']} references per "
+            f"query, chosen by prefilter {prefilter.get('name', '?')} "
+            f"({'complete' if prefilter.get('complete') else 'not complete'})"
+        )
+        hubs = status.get("hubs")
+        if hubs:
+            lines.append(
+                f"hubs: {', '.join(str(i) for i in hubs['ids'])} in every query's candidates "
+                f"(probe: {len(hubs['sample_rows'])} sample queries, {hubs['pairs']:,} pairs)"
+            )
+        lines += [
+            f"prefilter problem: {problem} (its data is read only to choose candidates again, "
+            "which a resume does when a band of them is bad)"
+            for problem in prefilter.get("problems", [])
+        ]
     if status.get("pairs_per_second") is not None:
         lines.append(
             f"throughput: {status['pairs_per_second']:,.0f} pairs/s in the last run; "

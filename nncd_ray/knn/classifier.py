@@ -202,9 +202,10 @@ class NCDKNNClassifier(ClassifierMixin, BaseEstimator):
         """A classifier fitted on a store's reference labels, with its query rows classified.
 
         Reads the store in row blocks (see :mod:`nncd_ray.knn.evaluate`; leave-one-out on a square
-        store). Sets ``store_predictions_`` (labels of the classified rows),
-        ``store_query_ids_``, ``store_query_rows_`` and ``store_report_`` (the full report:
-        accuracy, macro-F1, confusion, bits per byte).
+        store; on a sparse store, neighbours among each query's candidates). Sets
+        ``store_predictions_`` (labels of the classified rows), ``store_query_ids_``,
+        ``store_query_rows_`` and ``store_report_`` (the full report: accuracy, macro-F1,
+        confusion, bits per byte).
         """
         from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
 

@@ -13,6 +13,10 @@ A square store is classified leave-one-out (a document is never its own neighbou
 a square store also reads the transposed block ``pair_bits[:, rows]`` (C(yx)); on a rectangular
 store it needs ``pair_bits_reversed``.
 
+A sparse store (candidate pruning, :mod:`nncd_ray.matrix.store.sparse`) is read through
+:class:`~nncd_ray.knn.candidate_rows.CandidateRows`: each query's neighbours are found among its
+candidates, with the same rule; k may not exceed the candidates per query.
+
 An incomplete matrix is refused (:class:`~nncd_ray.errors.IncompleteMatrix`) unless
 ``allow_partial``; then only rows whose every needed tile is done are classified, and the report
 lists the rows skipped.
@@ -35,6 +39,7 @@ from numpy.typing import NDArray
 
 from nncd_ray.errors import ConfigError, IncompleteMatrix, InputError
 from nncd_ray.knn.accumulator import KNNAccumulator
+from nncd_ray.knn.candidate_rows import CandidateRows
 from nncd_ray.knn.compression import compression_summary
 from nncd_ray.knn.labels import LabelCodec
 from nncd_ray.knn.mutual_proximity import (
@@ -152,7 +157,7 @@ def _row_blocks(usable: NDArray[np.bool_], block_rows: int, tile: int) -> Iterat
 
 
 def _column_moments(
-    ncd: NCDRows, blocks: list[tuple[int, int]]
+    ncd: NCDRows | CandidateRows, blocks: list[tuple[int, int]]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Mean and deviation of every reference's distances over the evaluated queries (first pass
     of mutual proximity; the query itself left out on a square store)."""
@@ -167,7 +172,7 @@ def _column_moments(
 
 
 def _block(
-    ncd: NCDRows,
+    ncd: NCDRows | CandidateRows,
     row_start: int,
     row_stop: int,
     columns: tuple[NDArray[np.float64], NDArray[np.float64]] | None,
@@ -201,7 +206,19 @@ def _evaluate(config: EvaluationConfig) -> EvaluationReport:
         )
     store = MatrixStore.open(config.store, storage_options=config.storage_options)
     reader = StoreReader(store)
-    ncd = NCDRows(reader, config.variant)
+    ncd: NCDRows | CandidateRows
+    if store.sparse:
+        if config.hubness_reduction != "none":
+            raise ConfigError(
+                f"--hubness-reduction {config.hubness_reduction} needs every query's distance to "
+                f"every reference, and {config.store} is a sparse store (each query's "
+                f"{reader.n_cols} candidates only); use --hubness-reduction none"
+            )
+        ncd = CandidateRows(reader, config.variant)
+        n_refs, n_candidates = ncd.n_refs, ncd.n_candidates
+    else:
+        ncd = NCDRows(reader, config.variant)
+        n_refs, n_candidates = reader.n_cols, reader.n_cols - (1 if reader.square else 0)
     if not reader.has("col_labels"):
         raise InputError(
             f"the store {config.store} has no reference labels (col_labels): k-NN needs labelled "
@@ -211,7 +228,6 @@ def _evaluate(config: EvaluationConfig) -> EvaluationReport:
     query_labels = reader.document_values("row_labels") if reader.has("row_labels") else None
     row_ids = [str(v) for v in reader.document_values("row_ids")]
     col_ids = [str(v) for v in reader.document_values("col_ids")]
-    n_candidates = reader.n_cols - (1 if reader.square else 0)
     ks = check_ks(config.ks, n_candidates)
 
     usable = ncd.complete_rows()
@@ -256,7 +272,8 @@ def _evaluate(config: EvaluationConfig) -> EvaluationReport:
         ks=ks,
         n_rows=reader.n_rows,
         n_queries=int(evaluated.size),
-        n_refs=reader.n_cols,
+        n_refs=n_refs,
+        candidates=ncd.n_candidates if isinstance(ncd, CandidateRows) else None,
         results=results,
         compression=compression_summary(reader),
         compressor=compressor if isinstance(compressor, dict) else None,

@@ -3,6 +3,7 @@
 JSON (``EvaluationReport.to_dict``)::
 
     {"store", "variant", "hubness_reduction", "square", "ks", "n_rows", "n_queries", "n_refs",
+     "candidates",  # a sparse store's candidates per query, else null
      "results": [{"k", "accuracy", "accuracy_95ci", "macro_f1", "n_queries", "n_correct",
                   "n_unpredicted", "labels", "confusion"}, ...],  # empty without query labels
      "hubness": [{"k", "n_queries", "n_refs", "skewness", "max_count", "never",
@@ -112,6 +113,8 @@ class EvaluationReport:
     # the store's columns, to name the hubs
     reference_ids: tuple[str, ...] = ()
     reference_labels: tuple[Hashable, ...] = ()
+    # a sparse store's candidates per query (neighbours found among them); None: every reference
+    candidates: int | None = None
 
     @property
     def truncation(self) -> dict[str, Any]:
@@ -201,6 +204,7 @@ class EvaluationReport:
             "n_rows": self.n_rows,
             "n_queries": self.n_queries,
             "n_refs": self.n_refs,
+            "candidates": self.candidates,
             "results": [m.to_dict() for m in self.results],
             "hubness": self.hubness_dicts(),
             "hub_note": self.hub_note,
@@ -270,6 +274,11 @@ class EvaluationReport:
             f"- matrix: {self.n_rows} × {self.n_refs} ({shape}); "
             f"{self.n_queries} queries classified",
         ]
+        if self.candidates is not None:
+            lines.append(
+                f"- sparse store: neighbours among each query's {self.candidates} candidates "
+                "(the prefilter's choice; the scorer computed only those pairs)"
+            )
         if self.hubness_reduction == "mp":
             lines.append(
                 "- neighbours by mutual proximity of the NCD (Gaussian form, Schnitzer et al. "

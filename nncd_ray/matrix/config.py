@@ -56,6 +56,16 @@ class MatrixConfig:
     # an autoscaling cluster may have no node with the resources yet: warn and wait (up to
     # actor_timeout_s) instead of refusing at once
     wait_for_resources: bool = False
+    # candidate pruning (rectangular jobs): the scorer computes C(xy) only for the M references
+    # that the prefilter ranks nearest to each query (the sparse layout); None: every pair (dense)
+    candidates: int | None = None
+    # what ranks the references for --candidates: a name of nncd_ray.matrix.prefilter.available()
+    prefilter: str = "zstd"
+    # hub candidates (nncd_ray.matrix.hubs): the scorer computes hub_sample evenly spaced queries
+    # against every reference, and the `hubs` references most often their nearest neighbour join
+    # every query's candidates; 0: the prefilter alone chooses
+    hubs: int = 0
+    hub_sample: int = 10
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:
@@ -78,6 +88,19 @@ class MatrixConfig:
             raise ConfigError(f"--max-attempts must be at least 1, not {self.max_attempts}")
         if self.actor_timeout_s <= 0:
             raise ConfigError("actor_timeout_s must be positive")
+        # the prefilter's name is checked by the sparse job before any work
+        if self.candidates is not None and self.candidates < 1:
+            raise ConfigError(f"--candidates must be at least 1, not {self.candidates}")
+        if self.hubs < 0 or self.hub_sample < 1:
+            raise ConfigError(
+                f"--hubs must be at least 0 and --hub-sample at least 1, not {self.hubs} and "
+                f"{self.hub_sample}"
+            )
+        if self.hubs and (self.candidates is None or self.hubs > self.candidates):
+            raise ConfigError(
+                f"--hubs {self.hubs} adds hub references to each query's --candidates M: give "
+                "--candidates M of at least the number of hubs"
+            )
 
 
 __all__ = ["DEFAULT_TILE", "EXECUTORS", "GPU_TILE", "MatrixConfig"]

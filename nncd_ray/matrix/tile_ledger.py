@@ -87,6 +87,16 @@ class MatrixSummary:
     # UTF-8 bytes of every document / the bytes their code lengths cover
     bytes_total: int = 0
     bytes_scored: int = 0
+    # "dense" (every pair) or "sparse" (each query's ``candidates`` references only)
+    layout: str = "dense"
+    candidates: int | None = None
+    # a sparse job's pairs (rows x candidates) and those of the whole dense matrix (rows x
+    # references): the share of the pairs the scorer computes
+    pairs_sparse: int = 0
+    pairs_dense: int = 0
+    # a sparse job's prefilter phase: name, pairs (or documents) computed, seconds (see
+    # nncd_ray.matrix.prefilter.base.PrefilterSummary.to_dict)
+    prefilter: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,19 +117,46 @@ class MatrixSummary:
             f"already done{failed} of {self.tiles_total}; {self.pairs_computed:,} pairs in "
             f"{self.wall_seconds:.1f} s ({self.pairs_per_second:,.0f} pairs/s, start-up "
             f"{self.startup_seconds:.1f} s) on {len(self.nodes) or 0} node(s){truncated}"
+            f"{self._sparse_note()}"
+        )
+
+    def _sparse_note(self) -> str:
+        """``; sparse: 40 candidates per query, 40,000 of the 400,000 pairs (10.0%); prefilter
+        zstd …`` for a sparse job, else ``""``."""
+        if self.layout != "sparse" or not self.pairs_dense:
+            return ""
+        prefilter = self.prefilter or {}
+        probe = prefilter.get("hub_probe")
+        hubs = (
+            f"; hub probe: {probe['computed']:,} pairs of {len(probe['sample_rows'])} sample "
+            f"queries computed, hubs {', '.join(str(i) for i in probe['ids'])}"
+            if probe
+            else ""
+        )
+        return (
+            f"; sparse: {self.candidates} candidates per query, "
+            f"{self.pairs_sparse:,} of the {self.pairs_dense:,} pairs "
+            f"({100.0 * self.pairs_sparse / self.pairs_dense:.1f}%) scored; prefilter "
+            f"{prefilter.get('name', '?')}: {prefilter.get('work', 'done')}{hubs}"
         )
 
 
-def _tiles_to_recompute(problems: Sequence[TileProblem], mask: NDArray[np.bool_]) -> dict[str, str]:
+def _tiles_to_recompute(
+    problems: Sequence[TileProblem], mask: NDArray[np.bool_], *, sparse: bool = False
+) -> dict[str, str]:
     """``"r,c"`` -> problem of every done tile to recompute (``mask`` marks the done tiles).
 
     A bad per-document chunk (``row_bits``, ``col_scored_bytes`` …) is rewritten by any tile of
     its band, so it costs a recomputed tile only when every tile of the band is done; otherwise
-    the band's missing tile, computed anyway, repairs it.
+    the band's missing tile, computed anyway, repairs it. In a sparse store one tile owns each
+    column band (:func:`nncd_ray.matrix.store.sparse.column_band_owner`): the problem names it,
+    and it is recomputed.
     """
     chosen: dict[str, str] = {}
     for problem in problems:
         side = problem.array.split("_", 1)[0] if problem.array in PER_DOCUMENT_ARRAYS else None
+        if sparse and side == "col":
+            side = None
         band_done = (
             mask[problem.index_row].all()
             if side == "row"
@@ -208,7 +245,7 @@ class TileLedger:
             with store_errors(store.url):
                 report = verify_store(store, mask=mask)
             verify_seconds = report.seconds
-            reverified = _tiles_to_recompute(report.problems, mask)
+            reverified = _tiles_to_recompute(report.problems, mask, sparse=store.sparse)
             for key, description in reverified.items():
                 index_row, index_col = (int(v) for v in key.split(","))
                 store.unmark(index_row, index_col)
@@ -327,4 +364,8 @@ class TileLedger:
             documents_truncated=self.truncation.documents if self.truncation else 0,
             bytes_total=self.truncation.bytes_total if self.truncation else 0,
             bytes_scored=self.truncation.bytes_scored if self.truncation else 0,
+            layout=self.store.layout,
+            candidates=self.plan.n_cols if self.store.sparse else None,
+            pairs_sparse=self.plan.n_pairs if self.store.sparse else 0,
+            pairs_dense=self.plan.n_rows * self.store.n_refs if self.store.sparse else 0,
         )

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from nncd_ray.errors import InvalidCodeLengths
 from nncd_ray.matrix.store.chunks import code_length_problem
 from nncd_ray.matrix.store.matrix_store import MatrixStore
+from nncd_ray.matrix.store.sparse import SparseStore, owned_column_bands
 from nncd_ray.matrix.tiling import Tile
 from nncd_ray.scorers import ScorerSpec, make_scorer
 from nncd_ray.scorers.base import TileScores, utf8_lengths
@@ -136,6 +137,8 @@ class TileWorker:
     def compute(self, tile: Tile) -> TileResult:
         """Score ``tile`` and write its data (not its marker) to the store."""
         store = self.store  # opened before scoring, so a bad store fails before the slow part
+        if store.sparse:
+            return self._compute_sparse(store, tile)
         rows = self.row_texts[tile.row_start : tile.row_stop]
         cols = self.col_texts[tile.col_start : tile.col_stop]
         started = time.perf_counter()
@@ -175,6 +178,104 @@ class TileWorker:
             score_seconds=scored - started,
             write_seconds=time.perf_counter() - scored,
             work_units=int(work_units),
+        )
+
+    def _documents(self, texts: Sequence[str]) -> tuple[NDArray[np.float64], int]:
+        """``(len(texts),) float64`` C(x) of each text in one scorer call, and its work units."""
+        if getattr(self.scorer, "prepare", None) is None:
+            with self._device:
+                bits = np.asarray(self.scorer.document_bits(texts), dtype=np.float64)
+            return bits, int(utf8_lengths(texts).sum())
+        scores = self._scores([], texts, want_cols=True)
+        return np.asarray(scores.col_bits, dtype=np.float64), int(scores.work_units)
+
+    def _candidate_pairs(
+        self, rows: Sequence[str], candidates: NDArray[np.int64], *, reverse: bool
+    ) -> tuple[NDArray[np.float64], int]:
+        """``(len(rows), m) float64`` C(x y) (``reverse``: C(y x)) of each row x and its
+        candidates y (column indices), and the scorer's work units.
+
+        A scorer with ``score_candidates(rows, cols, candidates, reverse=...)`` (returning
+        :class:`TileScores` whose ``pair_bits`` is ``(len(rows), m)``) scores them in one call;
+        otherwise one scorer call per row: a scorer's tile is a rectangle, and each row has its
+        own columns (on a GPU an LM then runs small passes, one row at a time)."""
+        method = getattr(self.scorer, "score_candidates", None)
+        if method is not None:
+            with self._device:
+                scores: TileScores = method(rows, self.col_texts, candidates, reverse=reverse)
+            return np.asarray(scores.pair_bits, dtype=np.float64), int(scores.work_units)
+        out = np.empty(candidates.shape, dtype=np.float64)
+        work = 0
+        for i, x in enumerate(rows):
+            ys = [self.col_texts[j] for j in candidates[i]]
+            if reverse:
+                scores = self._scores(ys, [x], want_cols=False)
+                out[i] = scores.pair_bits[:, 0]
+            else:
+                scores = self._scores([x], ys, want_cols=False)
+                out[i] = scores.pair_bits[0]
+            work += int(scores.work_units)
+        return out, work
+
+    def _compute_sparse(self, store: MatrixStore, tile: Tile) -> TileResult:
+        """A tile of a sparse store (:mod:`nncd_ray.matrix.store.sparse`): rows × candidate
+        slots, C(x) of its rows, and C(y) of the column bands it owns."""
+        rows = self.row_texts[tile.row_start : tile.row_stop]
+        candidates = SparseStore.read_candidates(
+            store, slice(tile.row_start, tile.row_stop), slice(tile.col_start, tile.col_stop)
+        )
+        started = time.perf_counter()
+        pair_bits, work_units = self._candidate_pairs(rows, candidates, reverse=False)
+        reversed_bits = None
+        if store.has_reversed:
+            reversed_bits, work = self._candidate_pairs(rows, candidates, reverse=True)
+            work_units += work
+        bands = owned_column_bands(
+            store.plan.grid, store.n_refs, store.tile, tile.index_row, tile.index_col
+        )
+        band_texts = [
+            self.col_texts[b * store.tile : min((b + 1) * store.tile, store.n_refs)] for b in bands
+        ]
+        documents = [*rows, *(text for texts in band_texts for text in texts)]
+        singles, work = self._documents(documents)
+        work_units += work
+        row_bits = singles[: len(rows)]
+        arrays: dict[str, NDArray[Any]] = {
+            "row_bits": row_bits,
+            "col_bits": singles[len(rows) :],
+            "pair_bits": pair_bits,
+        }
+        if reversed_bits is not None:
+            arrays["pair_bits_reversed"] = reversed_bits
+        check_code_lengths(tile, arrays)
+        column_bands: dict[int, tuple[NDArray[np.float64], NDArray[np.int64]]] = {}
+        offset = len(rows)
+        for band, texts in zip(bands, band_texts, strict=True):
+            column_bands[band] = (
+                singles[offset : offset + len(texts)],
+                self.scored_bytes(texts),
+            )
+            offset += len(texts)
+        row_scored = self.scored_bytes(rows)
+        scored = time.perf_counter()
+        SparseStore.write_tile(
+            store,
+            tile,
+            row_bits=row_bits,
+            pair_bits=pair_bits,
+            pair_bits_reversed=reversed_bits,
+            row_scored_bytes=row_scored,
+            column_bands=column_bands,
+        )
+        return TileResult(
+            index_row=tile.index_row,
+            index_col=tile.index_col,
+            pairs=tile.pairs,
+            node_id=self.node_id,
+            pid=os.getpid(),
+            score_seconds=scored - started,
+            write_seconds=time.perf_counter() - scored,
+            work_units=work_units,
         )
 
 

@@ -14,7 +14,8 @@ scheduling, storage and resume at the speed of a matrix product. Its code length
   fingerprint (only when set, so stores made without it resume as before).
 
 Fault injection, for the engine's fault-tolerance tests (none of these change the numbers, so
-none is in the fingerprint):
+none is in the fingerprint). Each acts once per ``score_tile`` call, and once per call of
+``document_bits`` from outside (a tile of a sparse store makes one such call, for its documents):
 
 - ``crash_dir`` + ``crashes``: while fewer than ``crashes`` marker files exist in ``crash_dir``, a
   ``score_tile`` call that is not this scorer's first claims the next marker atomically
@@ -136,21 +137,31 @@ class SyntheticScorer(BaseScorer):
         return np.array([self._feature(t)[0] for t in texts], dtype=np.int64)
 
     def document_bits(self, texts: Sequence[str]) -> NDArray[np.float64]:
-        """C(x) for each text: ``(len(texts),) float64`` bits."""
+        """C(x) for each text: ``(len(texts),) float64`` bits. The fault options act here too,
+        once per call, as in ``score_tile``: a tile of a sparse store (candidate pruning) scores
+        its documents in one such call and its pairs row by row with ``pair_bits``."""
+        self._inject(texts, ())
+        bits = self._bits(texts)
+        if self.call_dir is not None:
+            self._record_call(self.call_dir, texts, ())
+        return bits
+
+    def _bits(self, texts: Sequence[str]) -> NDArray[np.float64]:
         sizes = np.array([self._feature(t)[0] for t in texts], dtype=np.float64)
         return self.bits_per_byte * sizes
 
     def pair_bits(self, rows: Sequence[str], cols: Sequence[str]) -> NDArray[np.float64]:
         """C(x y) for every row x and column y: ``(len(rows), len(cols)) float64`` bits."""
-        row_bits = self.document_bits(rows)
-        col_bits = self.document_bits(cols)
+        row_bits = self._bits(rows)
+        col_bits = self._bits(cols)
         weights = np.stack([self._feature(t)[1] for t in rows])  # (R, BUCKETS)
         presence = np.stack([self._feature(t)[2] for t in cols])  # (C, BUCKETS)
         credit = 0.5 * self.bits_per_byte * (weights @ presence.T)
         pair = row_bits[:, None] + col_bits[None, :] - credit
         return np.maximum(pair, np.maximum(row_bits[:, None], col_bits[None, :]))
 
-    def score_tile(self, rows: Sequence[str], cols: Sequence[str]) -> TileScores:
+    def _inject(self, rows: Sequence[str], cols: Sequence[str]) -> None:
+        """The fault options (see the module docstring), once per scoring call."""
         self._calls += 1
         if self.crash_dir is not None and self._calls > 1:
             self._maybe_crash(self.crash_dir)
@@ -160,11 +171,14 @@ class SyntheticScorer(BaseScorer):
             raise InjectedFailure(
                 f"synthetic scorer told to fail on documents containing {self.fail_on!r}"
             )
+
+    def score_tile(self, rows: Sequence[str], cols: Sequence[str]) -> TileScores:
+        self._inject(rows, cols)
         row_bytes = sum(self._feature(t)[0] for t in rows)
         col_bytes = sum(self._feature(t)[0] for t in cols)
         scores = TileScores(
-            row_bits=self.document_bits(rows),
-            col_bits=self.document_bits(cols),
+            row_bits=self._bits(rows),
+            col_bits=self._bits(cols),
             pair_bits=self.pair_bits(rows, cols),
             work_units=row_bytes * len(cols) + col_bytes * len(rows),
         )
@@ -192,7 +206,7 @@ class SyntheticScorer(BaseScorer):
             "pid": os.getpid(),
             "call": self._calls,
             "first_row": text_checksum(rows[0]),
-            "first_col": text_checksum(cols[0]),
+            "first_col": text_checksum(cols[0]) if cols else None,
             "rows": len(rows),
             "cols": len(cols),
         }

@@ -74,3 +74,9 @@ class StudyConfig:
     plots: bool = True
     # "none" (the protocol's k-NN over NCD) or "mp" (over its mutual proximity; not PROTOCOL.md)
     hubness_reduction: str = "none"
+    # add the baseline row: k-NN over sentence embeddings (nncd_ray.study.embedding_baseline),
+    # what a user would pick instead of NCD; skipped, with a note, without the [embed] extra
+    embedding_baseline: bool = True
+    # candidate pruning of every compressor's matrix (nncd matrix --candidates M --prefilter)
+    candidates: int | None = None
+    prefilter: str = "zstd"

@@ -31,6 +31,9 @@ class StudyRow:
     matrix_seconds: float
     evaluation_seconds: float
     report: EvaluationReport = field(repr=False)
+    # the embedding baseline (nncd_ray.study.embedding_baseline), not a compressor: no bits per
+    # byte, never the study's best
+    baseline: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +54,7 @@ class StudyRow:
             "pairs_computed": self.pairs_computed,
             "matrix_seconds": self.matrix_seconds,
             "evaluation_seconds": self.evaluation_seconds,
+            "baseline": self.baseline,
         }
 
 
@@ -63,6 +67,14 @@ class StudyResult:
     rows: tuple[StudyRow, ...]
     plots: tuple[str, ...]
     plots_skipped: str | None
+    # the embedding baseline row (after the compressors in the tables), or why there is none
+    baseline: StudyRow | None = None
+    baseline_note: str | None = None
+
+    @property
+    def table_rows(self) -> tuple[StudyRow, ...]:
+        """The compressors' rows, then the baseline's."""
+        return self.rows + ((self.baseline,) if self.baseline is not None else ())
 
     def best(self) -> tuple[StudyRow, int]:
         """The compressor and k with the highest accuracy (first in table order on ties)."""
@@ -114,7 +126,10 @@ class StudyResult:
             "bits_per_byte_definition": "total bits / total UTF-8 bytes scored over every "
             "document of the split, each compressed on its own (PROTOCOL.md); a document the "
             "compressor truncated counts only its scored bytes (see documents_truncated)",
-            "rows": [self._row_dict(row) for row in self.rows],
+            "rows": [self._row_dict(row) for row in self.table_rows],
+            "baseline_note": self.baseline_note,
+            "candidates": self.config.candidates,
+            "prefilter": self.config.prefilter if self.config.candidates else None,
             "best": {"compressor": best_row.compressor, "k": best_k},
             "plots": list(self.plots),
             "plots_skipped": self.plots_skipped,
@@ -148,7 +163,7 @@ class StudyResult:
             + " | pairs/s |",
             "|---|" + "---:|" * (3 + 2 * len(ks)),
         ]
-        for row in self.rows:
+        for row in self.table_rows:
             speed = "—" if row.pairs_per_second is None else f"{row.pairs_per_second:,.0f}"
             lines.append(
                 f"| {row.compressor} | {format_number(row.bits_per_byte, 2)} | "
@@ -163,6 +178,19 @@ class StudyResult:
             "pairs/s: the pairs this run computed over its wall time, start-up included; "
             "— where the store was already complete."
         )
+        if self.baseline is not None:
+            lines.append(
+                f"\n**{self.baseline.compressor}** is a baseline, not a compressor: k-NN with the "
+                "same rule over 1 − cosine of all-MiniLM-L6-v2 sentence embeddings (mean "
+                "pooling), what a user would pick instead of NCD."
+            )
+        elif self.baseline_note:
+            lines.append(f"\n{self.baseline_note}.")
+        if self.config.candidates is not None:
+            lines.append(
+                f"\nPruned matrices: each query's {self.config.candidates} candidates chosen by "
+                f"prefilter {self.config.prefilter}; neighbours among them."
+            )
         lines += [
             f"\n**Truncation, {row.compressor}:** {row.report.truncation_note}."
             for row in self.rows
@@ -196,7 +224,7 @@ class StudyResult:
             + " |",
             "|---|" + "---:|" * (3 * len(ks)),
         ]
-        for row in self.rows:
+        for row in self.table_rows:
             intervals = {m.k: m.accuracy_interval for m in row.report.results}
             skew = {h.k: h.skewness for h in row.report.hubness}
             paired = self.paired(row)
@@ -214,7 +242,7 @@ class StudyResult:
             lines.append(f"| {row.compressor} | " + " | ".join(cells) + " |")
         notes = [
             f"- **Hub, {row.compressor}:** {row.report.hub_note}."
-            for row in self.rows
+            for row in self.table_rows
             if row.report.hub_note is not None
         ]
         return [*lines, "", *notes] if notes else lines

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nncd_ray.data.protocols import load_protocol
+from nncd_ray.data.protocols import ProtocolSplit, load_protocol
 from nncd_ray.knn.evaluate import EvaluationConfig, evaluate_store
 from nncd_ray.knn.neighbours import check_ks
 from nncd_ray.knn.report import EvaluationReport
@@ -53,6 +53,46 @@ def _row(choice: CompressorChoice, store: str, summary: Any, report: EvaluationR
     )
 
 
+def _baseline(
+    config: StudyConfig, split: ProtocolSplit, ks: tuple[int, ...], out: Path
+) -> tuple[StudyRow | None, str | None]:
+    """The embedding baseline row, or ``None`` and why it is left out."""
+    if not config.embedding_baseline:
+        return None, None
+    if split.refs is None:
+        return None, "the embedding baseline is for queries × references splits"
+    from nncd_ray.study.embedding_baseline import (
+        DESCRIPTION,
+        LABEL,
+        EmbeddingUnavailable,
+        embedding_report,
+    )
+
+    try:
+        report = embedding_report(split.queries, split.refs, ks, out)
+    except EmbeddingUnavailable as exc:
+        log.warning("embedding baseline skipped: %s", exc)
+        return None, f"embedding baseline skipped: {exc}"
+    report.write_json(out / f"{LABEL}.report.json")
+    report.write_predictions(out / f"{LABEL}.predictions.jsonl")
+    row = StudyRow(
+        compressor=LABEL,
+        spec={"name": LABEL, "description": DESCRIPTION},
+        store=report.store,
+        bits_per_byte=None,
+        bits_per_byte_mean_doc=None,
+        accuracy={m.k: m.accuracy for m in report.results},
+        macro_f1={m.k: m.macro_f1 for m in report.results},
+        pairs_per_second=None,
+        pairs_computed=0,
+        matrix_seconds=0.0,
+        evaluation_seconds=report.seconds,
+        report=report,
+        baseline=True,
+    )
+    return row, None
+
+
 def run_study(config: StudyConfig) -> StudyResult:
     """Compute (or resume) every compressor's matrix, classify, write the table and plots."""
     ks = check_ks(config.ks)
@@ -73,6 +113,8 @@ def run_study(config: StudyConfig) -> StudyResult:
                 actors=config.actors,
                 address=config.address,
                 progress=config.progress,
+                candidates=config.candidates,
+                prefilter=config.prefilter,
             ),
             split.queries,
             split.refs,
@@ -85,6 +127,7 @@ def run_study(config: StudyConfig) -> StudyResult:
         report.write_predictions(out / f"{choice.label}.predictions.jsonl")
         rows.append(_row(choice, store, summary, report))
 
+    baseline, baseline_note = _baseline(config, split, ks, out)
     plots: tuple[str, ...] = ()
     skipped: str | None = "not asked for (--no-plots)"
     partial = StudyResult(
@@ -95,6 +138,8 @@ def run_study(config: StudyConfig) -> StudyResult:
         rows=tuple(rows),
         plots=(),
         plots_skipped=None,
+        baseline=baseline,
+        baseline_note=baseline_note,
     )
     if config.plots:
         from nncd_ray.study.plots import PlottingUnavailable, write_plots
@@ -112,6 +157,8 @@ def run_study(config: StudyConfig) -> StudyResult:
         rows=partial.rows,
         plots=plots,
         plots_skipped=skipped,
+        baseline=baseline,
+        baseline_note=baseline_note,
     )
     (out / "study.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     (out / "study.md").write_text(result.to_markdown(), encoding="utf-8")

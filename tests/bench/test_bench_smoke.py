@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from paths import AGNEWS_CSV, GUTENBERG
 
-from nncd_ray.bench import codec, engine, machine, scorers
+from nncd_ray.bench import codec, engine, machine, pruning, scorers
 
 needs_agnews = pytest.mark.skipif(not AGNEWS_CSV.exists(), reason=f"no AG News at {AGNEWS_CSV}")
 
@@ -83,3 +83,28 @@ def test_scorers_bench(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["lm"]["timed_rows"] == 2 and result["lm"]["max_abs_diff_bits"] < 1e-2
     assert result["gzip"]["identical_lengths"] and result["matmul"]["before"]["n"] == 128
+
+
+@needs_agnews
+def test_pruning_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nncd_ray.data.protocols import load_protocol
+    from nncd_ray.matrix.engine import MatrixConfig, compute_matrix
+    from nncd_ray.scorers import ScorerSpec
+
+    split = load_protocol("agnews-small", AGNEWS_CSV)
+    dense = str(tmp_path / "dense.zarr")
+    config = MatrixConfig(store=dense, scorer=ScorerSpec(name="gzip"), executor="local")
+    compute_matrix(config, split.queries, split.refs)
+    out = tmp_path / "pruning.json"
+    argv = ["--dense", dense, "--protocol", "agnews-small", "--data", str(AGNEWS_CSV)]
+    argv += ["--prefilters", "gzip", "--candidates", "10,100", "--hubs", "2"]
+    assert pruning.main([*argv, "--work", str(tmp_path / "pf"), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["hubs"] is None for r in results] == [True, False]
+    plain, hubs = (r["curve"] for r in results)
+    # gzip ranking gzip's own NCD: its M nearest are the exact neighbours; all 100 is the dense
+    assert plain["points"][0]["recall"]["1"] == 1.0
+    assert plain["points"][1]["accuracy"] == plain["dense_accuracy"]
+    assert plain["dense_accuracy"]["1"] == 0.485  # PROTOCOL.md's gzip baseline
+    assert len(results[1]["hubs"]) == 2 and hubs["points"][1]["recall"]["7"] == 1.0
+    assert "## prefilter gzip" in capsys.readouterr().out

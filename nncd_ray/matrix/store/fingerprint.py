@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from nncd_ray.data.corpus import Corpus
 
 
+# what a fingerprint key means when a store does not record it
+DEFAULTS: dict[str, Any] = {"layout": "dense"}
+
+
 def software_versions() -> dict[str, str]:
     """Versions of what computed the numbers, read without importing heavy packages."""
     versions = {"nncd_ray": __version__, "python": platform.python_version()}
@@ -34,7 +38,7 @@ def corpus_fingerprint(corpus: Corpus) -> dict[str, Any]:
 def _describe(key: str, value: Any, other: Any) -> str:
     """One side of a difference; for compressors, the name plus its settings (only the settings
     that differ when both sides are the same compressor)."""
-    if key == "compressor" and isinstance(value, Mapping):
+    if key in ("compressor", "prefilter") and isinstance(value, Mapping):
         other = other if isinstance(other, Mapping) else {}
         name = value.get("compressor", value.get("name", "?"))
         same = name == other.get("compressor", other.get("name"))
@@ -55,7 +59,8 @@ def fingerprint_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]
     ``wanted`` whose value differs from ``stored``."""
     lines = []
     for key in sorted(wanted):
-        have = json.loads(json.dumps(stored.get(key), sort_keys=True))
+        # a store written before the key existed has its default (dense stores have no layout)
+        have = json.loads(json.dumps(stored.get(key, DEFAULTS.get(key)), sort_keys=True))
         want = json.loads(json.dumps(wanted[key], sort_keys=True))
         if have != want:
             lines.append(f"{key} {_describe(key, have, want)}, not {_describe(key, want, have)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from nncd_ray.matrix.store.chunks import (
     tile_problem,
 )
 from nncd_ray.matrix.store.layout import DOCUMENT_ARRAYS, PAIR_ARRAYS
+from nncd_ray.matrix.store.sparse import CANDIDATES, candidates_problem, column_band_owner
 
 if TYPE_CHECKING:
     from nncd_ray.matrix.store.matrix_store import MatrixStore
@@ -135,7 +137,7 @@ class _Verifier:
                     self.add(band, c, name, reason)
 
     def vector(
-        self, name: str, axis: int, check: Callable[[NDArray[Any], slice], str | None]
+        self, name: str, check: Callable[[NDArray[Any], slice], str | None], *, axis: int
     ) -> None:
         """One value per document (``row_bits``, ``col_scored_bytes`` …), chunk = one tile. A bad
         chunk is blamed on the first done tile of its band: recomputing any tile of the band
@@ -160,6 +162,46 @@ class _Verifier:
             reason = check(values, part)
             if reason is not None:
                 self.add(*where, name, reason)
+
+    def owned_vector(self, name: str, check: Callable[[NDArray[Any], slice], str | None]) -> None:
+        """A sparse store's ``col_bits`` / ``col_scored_bytes``: one value per reference, each
+        column band written by its owner tile (:func:`column_band_owner`), which a bad chunk
+        is blamed on."""
+        array = self.store.array(name)
+        n = self.store.n_refs
+        try:
+            whole: NDArray[Any] | None = read_cells(array, (slice(0, n),))
+        except UndecodableChunk:
+            whole = None
+        for band, part in _bands(n, self.plan.tile):
+            owner = column_band_owner(self.plan.grid, band)
+            if not self.mask[owner]:
+                continue
+            try:
+                values = whole[part] if whole is not None else read_cells(array, (part,))
+            except UndecodableChunk as exc:
+                self.add(*owner, name, str(exc))
+                continue
+            reason = check(values, part)
+            if reason is not None:
+                self.add(*owner, name, reason)
+
+    def candidates(self) -> None:
+        """A sparse store's ``candidates`` chunk of each done tile: decodes, and names distinct
+        references that exist."""
+        array = self.store.array(CANDIDATES)
+        for r, c in zip(*self.mask.nonzero(), strict=True):
+            box = self.plan.tile_at(int(r), int(c))
+            try:
+                values = read_cells(
+                    array, (slice(box.row_start, box.row_stop), slice(box.col_start, box.col_stop))
+                )
+            except UndecodableChunk as exc:
+                self.add(int(r), int(c), CANDIDATES, str(exc))
+                continue
+            reason = candidates_problem(np.asarray(values), self.store.n_refs)
+            if reason is not None:
+                self.add(int(r), int(c), CANDIDATES, reason)
 
     def documents(self) -> dict[str, NDArray[Any]]:
         """Read the document arrays; record those that fail. Returns the ones that decode."""
@@ -200,8 +242,16 @@ def verify_store(
                 verifier.pairs(name)
     documents = verifier.documents()
     if done.any():
+        if store.sparse:
+            verifier.candidates()
         for side, axis in (("row", 0), ("col", 1)):
-            verifier.vector(f"{side}_bits", axis, lambda values, _: code_length_problem(values))
+            # a sparse store's references are not its columns (candidate slots): owners write them
+            vector = (
+                verifier.owned_vector
+                if store.sparse and side == "col"
+                else partial(verifier.vector, axis=axis)
+            )
+            vector(f"{side}_bits", lambda values, _: code_length_problem(values))
             full = documents.get(f"{side}_bytes")
             if f"{side}_scored_bytes" in store.group:
 
@@ -209,7 +259,7 @@ def verify_store(
                     limit = None if full is None else np.asarray(full[part], dtype=np.int64)
                     return scored_bytes_problem(np.asarray(values, dtype=np.int64), limit)
 
-                verifier.vector(f"{side}_scored_bytes", axis, scored)
+                vector(f"{side}_scored_bytes", scored)
     return VerifyReport(
         store=store.url,
         tiles_total=store.plan.n_tiles,

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from nncd_ray.data.corpus import Corpus, Label
 
 FORMAT = "nncd-matrix/1"
+# the ``layout`` attribute of a store that holds every pair (stores without one are dense); sparse
+# stores are described in nncd_ray.matrix.store.sparse
+DENSE = "dense"
 # ids and labels are written once, up front, by one process: big chunks, few objects
 ID_CHUNK = 1 << 16
 # dimension names (xarray needs them): one per axis of the matrix and of the tile grid

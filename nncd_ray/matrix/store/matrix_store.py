@@ -26,6 +26,7 @@ from nncd_ray.matrix.store.chunks import UndecodableChunk, read_cells
 from nncd_ray.matrix.store.fingerprint import fingerprint_differences, software_versions
 from nncd_ray.matrix.store.layout import (
     COL_DIM,
+    DENSE,
     FORMAT,
     ROW_DIM,
     TILE_DIMS,
@@ -48,6 +49,16 @@ def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
 
+def _describe_layout(config: Mapping[str, Any]) -> str:
+    """``dense (every pair)`` or ``sparse (40 candidates per query, prefilter zstd)``."""
+    layout = str(config.get("layout", DENSE))
+    if layout == DENSE:
+        return "dense (every pair)"
+    prefilter = config.get("prefilter")
+    name = prefilter.get("name", "?") if isinstance(prefilter, Mapping) else "?"
+    return f"{layout} ({config.get('candidates')} candidates per query, prefilter {name})"
+
+
 class MatrixStore:
     """A handle on one matrix store. Build with :meth:`create_or_resume` or :meth:`open`."""
 
@@ -63,7 +74,14 @@ class MatrixStore:
         self.square: bool = bool(attrs["square"])
         self.config: dict[str, Any] = dict(attrs["config"])
         shape = self.array("pair_bits").shape
+        # dense: (rows, references); sparse: (rows, candidates per row)
         self.plan = TilePlan(n_rows=int(shape[0]), n_cols=int(shape[1]), tile=self.tile)
+        # "dense" (stores written before sparse ones existed have no layout attribute) or
+        # "sparse" (nncd_ray.matrix.store.sparse)
+        self.layout: str = str(attrs.get("layout", DENSE))
+        self.sparse = self.layout != DENSE
+        # number of references (columns of the dense matrix)
+        self.n_refs = int(self.array("col_bits").shape[0])
         self.has_reversed = "pair_bits_reversed" in group
         # stores written before scored bytes were recorded lack these arrays
         self.has_scored_bytes = "row_scored_bytes" in group
@@ -71,7 +89,7 @@ class MatrixStore:
     # -- opening -----------------------------------------------------------------------------
 
     @staticmethod
-    def _zarr_store(
+    def zarr_store(
         url: str, storage_options: Mapping[str, Any], *, read_only: bool
     ) -> LocalStore | FsspecStore:
         if is_remote(url):
@@ -109,7 +127,7 @@ class MatrixStore:
             )
         if state == "other":
             raise StoreError(f"{url} is not a matrix store (no zarr.json in it)")
-        store = cls._zarr_store(url, options, read_only=mode == "r")
+        store = cls.zarr_store(url, options, read_only=mode == "r")
         group = zarr.open_group(store=store, mode=mode, use_consolidated=False)  # type: ignore[arg-type]
         if group.attrs.get("format") != FORMAT:
             raise StoreError(
@@ -169,6 +187,14 @@ class MatrixStore:
             )
         existing = cls.open(url, storage_options=options)
         differences = fingerprint_differences(existing.config, expected)
+        wanted = str(expected.get("layout", DENSE))
+        if wanted != existing.layout:  # one line for the layout, not one per sparse setting
+            layout_keys = ("layout ", "candidates ", "prefilter ", "hubs ")
+            differences = [d for d in differences if not d.startswith(layout_keys)]
+            differences.insert(
+                0,
+                f"layout {_describe_layout(existing.config)}, not {_describe_layout(expected)}",
+            )
         if differences:
             raise StoreMismatch(
                 f"store {url} was computed with "
@@ -237,7 +263,7 @@ class MatrixStore:
         options: dict[str, Any],
     ) -> MatrixStore:
         square = cols is None
-        store = cls._zarr_store(url, options, read_only=False)
+        store = cls.zarr_store(url, options, read_only=False)
         group = zarr.open_group(store=store, mode="a", use_consolidated=False)
         sides = {"row": rows, "col": rows if cols is None else cols}
         coordinates = {side: coordinate_names(side, corpus) for side, corpus in sides.items()}

@@ -29,6 +29,7 @@ from nncd_ray.matrix.store.chunks import (
     read_chunkwise,
     tile_problem,
 )
+from nncd_ray.matrix.store.sparse import column_band_owner, column_bands_written
 from nncd_ray.matrix.store.truncation import group_bytes
 
 if TYPE_CHECKING:
@@ -198,6 +199,8 @@ class StoreReader:
         axis = 0 if side == "row" else 1
         band_done = done.any(axis=1 - axis)
         n = plan.n_rows if axis == 0 else plan.n_cols
+        if self.store.sparse and side == "col":
+            return self._read_owned_bits(array)
         try:  # one request, chunks fetched concurrently; band by band only to name a bad chunk
             whole: NDArray[Any] | None = read_cells(array, (slice(0, n),))
         except UndecodableChunk:
@@ -219,6 +222,34 @@ class StoreReader:
             reason = code_length_problem(chunk)
             if reason is not None:
                 raise corrupt_tile_error(self.url, tile_problem(plan, *where, name, reason))
+            values[part] = chunk
+        return values
+
+    def _read_owned_bits(self, array: zarr.Array) -> NDArray[np.float64]:
+        """A sparse store's ``col_bits`` (C(y) of every reference), checked in the column bands
+        whose owner tile is done (:mod:`nncd_ray.matrix.store.sparse`); NaN elsewhere."""
+        n, plan = self.store.n_refs, self.plan
+        try:
+            whole: NDArray[Any] | None = read_cells(array, (slice(0, n),))
+        except UndecodableChunk:
+            whole = None
+        values = np.full(n, np.nan, dtype=np.float64)
+        written = column_bands_written(self.tiles_done, n, plan.tile)
+        for band in (int(b) for b in np.flatnonzero(written)):
+            part = slice(band * plan.tile, min((band + 1) * plan.tile, n))
+            where = column_band_owner(plan.grid, band)
+            try:
+                chunk = np.asarray(
+                    whole[part] if whole is not None else read_cells(array, (part,)),
+                    dtype=np.float64,
+                )
+            except UndecodableChunk as exc:
+                raise corrupt_tile_error(
+                    self.url, tile_problem(plan, *where, "col_bits", str(exc))
+                ) from exc
+            reason = code_length_problem(chunk)
+            if reason is not None:
+                raise corrupt_tile_error(self.url, tile_problem(plan, *where, "col_bits", reason))
             values[part] = chunk
         return values
 
