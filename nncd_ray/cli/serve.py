@@ -118,6 +118,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     service.add_argument(
         "--max-texts", type=positive_int, default=256, metavar="N", help="documents per request"
     )
+    service.add_argument(
+        "--max-body-bytes",
+        type=positive_int,
+        default=8 << 20,
+        metavar="N",
+        help="largest request body (8 MiB; larger ones are answered 413)",
+    )
     service.add_argument("--host", default="127.0.0.1", help="HTTP host (127.0.0.1)")
     service.add_argument("--port", type=int, default=8000, help="HTTP port (8000)")
     service.add_argument(
@@ -197,6 +204,7 @@ def config_from_args(args: argparse.Namespace, *, token_sha256: str | None) -> S
         storage_options=parse_options(args.storage_option, "--storage-option") or None,
         token_sha256=token_sha256,
         max_texts=args.max_texts,
+        max_body_bytes=args.max_body_bytes,
         host=args.host,
         port=args.port,
     )
@@ -220,7 +228,12 @@ def run(args: argparse.Namespace) -> int:
         # a private cluster on this machine: this machine's paths are the replicas' paths
         config = dataclasses.replace(config, scorer=local_scorer_spec(config.scorer))
     if config.store is not None:
-        check_store_references(config.store, references, storage_options=config.storage_options)
+        check_store_references(
+            config.store,
+            references,
+            compressor=config.scorer.name,
+            storage_options=config.storage_options,
+        )
     try:
         cpus = config.replicas * config.cpus_per_replica
         with ray_cluster(args.address, num_cpus=cpus) as private:

@@ -38,16 +38,26 @@ def _mismatch(url: str, differences: list[str]) -> StoreMismatch:
 
 
 def check_store_references(
-    url: str, references: Corpus, *, storage_options: Mapping[str, Any] | None = None
+    url: str,
+    references: Corpus,
+    *,
+    compressor: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> MatrixStore:
-    """Open the store at ``url`` and refuse it unless its columns are ``references``
-    (:class:`~nncd_ray.errors.StoreMismatch`); the compressor is checked by
+    """Open the store at ``url`` and refuse it unless its columns are ``references`` and, given
+    ``compressor`` (a registry name), its compressor is that one
+    (:class:`~nncd_ray.errors.StoreMismatch`). The compressor's settings are checked by
     :func:`stored_reference_bits` once a scorer is loaded."""
     with store_errors(url):
         store = MatrixStore.open(url, storage_options=storage_options)
     differences = fingerprint_differences(store.config, {"cols": corpus_fingerprint(references)})
+    differences = [d.replace("cols ", "references ", 1) for d in differences]
+    stored = store.config.get("compressor")
+    stored_name = stored.get("compressor") if isinstance(stored, Mapping) else None
+    if compressor is not None and stored_name != compressor:
+        differences.append(f"compressor {stored_name}, not {compressor}")
     if differences:
-        raise _mismatch(url, [d.replace("cols ", "references ", 1) for d in differences])
+        raise _mismatch(url, differences)
     return store
 
 
