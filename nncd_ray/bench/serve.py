@@ -240,10 +240,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {mode} | {service['max_batch']} | {run['clients']} | {run['elapsed_s']:.1f} "
             f"| {run['answered']} | {run['failed']} | {run['requests_per_s']:.2f} "
-            f"| {run['pairs_per_s']:.0f} | {latency['p50']} | {latency['p95']} "
-            f"| {latency['p99']} | {service['mean_queries_per_batch']} |"
+            f"| {run['pairs_per_s']:,.0f} | {_ms(latency['p50'])} | {_ms(latency['p95'])} "
+            f"| {_ms(latency['p99'])} | {service['mean_queries_per_batch']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

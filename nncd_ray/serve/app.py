@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 POLL_S = 0.5
 # requests the front end holds at once (it only waits on the scorers)
 FRONTEND_ONGOING = 1024
+# requests a scorer replica accepts at once, at least (also with small batches)
+MIN_ONGOING = 64
 # the last line of a replica's traceback: "SomeError: message"
 _ERROR_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.+)$")
 
@@ -66,7 +68,8 @@ def build_application(
     scorer = scorer_deployment.options(
         num_replicas=config.replicas,
         ray_actor_options=replica_options(config, gpus_per_replica),
-        max_ongoing_requests=ONGOING_PER_BATCH_SLOT * batch_slots,
+        # requests wait in the replica's batch queue rather than in the router's retry loop
+        max_ongoing_requests=max(MIN_ONGOING, ONGOING_PER_BATCH_SLOT * batch_slots),
     ).bind(config, references)
     frontend = frontend_deployment.options(max_ongoing_requests=FRONTEND_ONGOING)
     return frontend.bind(scorer, config, len(references))

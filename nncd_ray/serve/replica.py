@@ -24,7 +24,6 @@ from nncd_ray.serve.answers import QueryScores, ReferenceIndex, ScorerReply
 from nncd_ray.serve.config import AUTO_BATCH_MIN, ServeConfig
 from nncd_ray.serve.engine import QueryEngine
 from nncd_ray.serve.queries import QueryRequest
-from nncd_ray.serve.references import stored_reference_bits
 
 # scorer batches in flight per replica: one planned on the host while the other runs
 CONCURRENT_BATCHES = 2
@@ -41,6 +40,9 @@ class NCDScorer:
         self.engine = QueryEngine(config.scorer, references.texts, variant=config.variant)
         self.fingerprint = self.engine.fingerprint()
         if config.store is not None:
+            # Zarr loads only for a replica that reads a store
+            from nncd_ray.serve.references import stored_reference_bits
+
             bits = stored_reference_bits(
                 config.store,
                 references,
