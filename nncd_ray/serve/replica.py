@@ -4,10 +4,11 @@
 scorer once, gets C(y) of every reference (computed, or read from ``--store`` with its
 fingerprint checked) and answers requests. Each request's documents are checked first (the
 tokenizer refuses a document longer than the context under ``--truncation error``) and then go
-one by one into ``@serve.batch``: documents of concurrent callers are scored together, up to the
-batch size (``--max-batch``; auto fills the LM's token budget), each batch one tile of the
-project's scorer (:class:`~nncd_ray.serve.engine.QueryEngine`). Two batches may be in flight, one
-being planned on the host while the other runs on the device.
+one by one into the replica's :class:`~nncd_ray.serve.batcher.QueryBatcher`: documents of
+concurrent callers are scored together, up to the batch size (``--max-batch``; auto fills the
+LM's token budget), each batch one tile of the project's scorer
+(:class:`~nncd_ray.serve.engine.QueryEngine`), formed when the scorer is free (so under load
+batches are full; ``batcher`` says why not ``@serve.batch``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from ray import serve
 from nncd_ray.data.corpus import Corpus
 from nncd_ray.errors import InputError
 from nncd_ray.serve.answers import QueryScores, ReferenceIndex, ScorerReply
-from nncd_ray.serve.config import AUTO_BATCH_MIN, ServeConfig
+from nncd_ray.serve.batcher import QueryBatcher
+from nncd_ray.serve.config import ServeConfig
 from nncd_ray.serve.engine import QueryEngine
 from nncd_ray.serve.queries import QueryRequest
 
 # scorer batches in flight per replica: one planned on the host while the other runs
-CONCURRENT_BATCHES = 2
+CONCURRENT_BATCHES = 1
 
 
 @serve.deployment(name="NCDScorer")
@@ -57,9 +59,9 @@ class NCDScorer:
         self.batch_size = config.batch_size(
             self.engine.token_budget, self.engine.reference_tokens()
         )
-        batched: Any = self._score_one  # the wrapper of @serve.batch, typed as the method
-        batched.set_max_batch_size(self.batch_size)
-        batched.set_batch_wait_timeout_s(config.batch_wait_s)
+        self.batcher: QueryBatcher[QueryScores] = QueryBatcher(
+            self._score, max_batch=self.batch_size, wait_s=config.batch_wait_s
+        )
 
     def info(self) -> dict[str, Any]:
         """What ``GET /health`` shows about the replica that answered."""
@@ -85,7 +87,7 @@ class NCDScorer:
             await asyncio.to_thread(self.engine.check, request.texts)
         except InputError as exc:
             return ScorerReply(refused=str(exc).strip().splitlines()[0])
-        scored = await asyncio.gather(*(self._score_one(text) for text in request.texts))
+        scored = await asyncio.gather(*(self.batcher.submit(text) for text in request.texts))
         scores = QueryScores.concatenate([s for s, _ in scored])
         if request.endpoint == "classify":
             answers = self.index.classify(scores, request.k or self.config.k)
@@ -93,15 +95,11 @@ class NCDScorer:
             answers = self.index.distances(scores, request.top)
         return ScorerReply(answers=tuple(answers), batch_sizes=tuple(n for _, n in scored))
 
-    @serve.batch(
-        max_batch_size=AUTO_BATCH_MIN,
-        batch_wait_timeout_s=0.01,
-        max_concurrent_batches=CONCURRENT_BATCHES,
-    )
-    async def _score_one(self, texts: list[str]) -> list[tuple[QueryScores, int]]:
-        """One scorer batch: the documents of concurrent requests, one tile of the scorer."""
-        scores = await asyncio.to_thread(self.engine.score, texts)
-        return [(scores.rows(i, i + 1), len(texts)) for i in range(len(texts))]
+    def _score(self, texts: list[str]) -> list[QueryScores]:
+        """One batch (in a worker thread): the documents of concurrent requests, one tile of
+        the scorer; one row of scores per document."""
+        scores = self.engine.score(texts)
+        return [scores.rows(i, i + 1) for i in range(len(texts))]
 
 
-__all__ = ["CONCURRENT_BATCHES", "NCDScorer"]
+__all__ = ["NCDScorer"]

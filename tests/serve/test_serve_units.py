@@ -430,9 +430,58 @@ def test_rayservice_builder_takes_nncd_serve_options(
 
     monkeypatch.setattr(app, "gpus_for", lambda config: 0.0)
     refs = _refs_file(tmp_path)
-    application = serve_cli.app_builder(
-        {"command": f"--refs {refs} --compressor gzip --no-auth --replicas 2 --k 3"}
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    # called the way Ray Serve calls a RayService's import_path
+    application = call_user_app_builder_with_args_if_necessary(
+        serve_cli.app_builder,  # type: ignore[arg-type]
+        {"command": f"--refs {refs} --compressor gzip --no-auth --replicas 2 --k 3"},
     )
     assert type(application).__name__ == "Application"
     with pytest.raises(ConfigError, match="--port is the RayService's"):
         serve_cli.app_builder({"command": f"--refs {refs} --no-auth --port 9000"})
+
+
+# -- request batching ----------------------------------------------------------------------------
+
+
+def test_batches_fill_under_load_and_a_lone_query_waits_little() -> None:
+    import asyncio
+    import time
+
+    from nncd_ray.serve.batcher import QueryBatcher
+
+    sizes: list[int] = []
+
+    def run(texts: list[str]) -> list[str]:
+        sizes.append(len(texts))
+        time.sleep(0.05)  # the scorer is busy: queries queue up meanwhile
+        if "boom" in texts:
+            raise InputError("the scorer refused the batch")
+        return [text.upper() for text in texts]
+
+    async def main() -> None:
+        batcher = QueryBatcher(run, max_batch=8, wait_s=0.01)
+        alone = time.perf_counter()
+        assert await batcher.submit("a") == ("A", 1)
+        assert time.perf_counter() - alone < 0.05 + 0.5
+        # 40 callers at once: every batch is full
+        answers = await asyncio.gather(*(batcher.submit(f"q{i}") for i in range(40)))
+        assert [text for text, _ in answers] == [f"Q{i}" for i in range(40)]
+        assert sizes == [1, 8, 8, 8, 8, 8]
+        # callers arriving one by one (every 2 ms) while a batch runs: the next batch, formed
+        # when the scorer is free, takes all that waited (not one per wait window)
+        sizes.clear()
+
+        async def later(i: int) -> tuple[str, int]:
+            await asyncio.sleep(0.002 * i)
+            return await trickle.submit(f"t{i}")
+
+        trickle = QueryBatcher(run, max_batch=8, wait_s=0.001)
+        await asyncio.gather(*(later(i) for i in range(20)))
+        assert sizes[0] == 1 and sizes[1:3] == [8, 8], sizes
+        with pytest.raises(InputError, match="refused"):
+            await batcher.submit("boom")
+        assert await batcher.submit("b") == ("B", 1)  # the worker lives on
+
+    asyncio.run(main())
