@@ -213,7 +213,7 @@ def run_modes(args: argparse.Namespace, load: Load) -> dict[str, Any]:
             max_texts=1,
         )
         cpus = max(1, int(args.replicas * args.cpus_per_replica))
-        with PrivateCluster(num_cpus=cpus):
+        with PrivateCluster(num_cpus=cpus, log_to_driver=False):
             for mode in args.modes:
                 config = replace(base, max_batch=1 if mode == "unbatched" else args.max_batch)
                 deploy(config, refs)

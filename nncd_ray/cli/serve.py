@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         cpus = config.replicas * config.cpus_per_replica
-        with ray_cluster(args.address, num_cpus=cpus) as private:
+        with ray_cluster(args.address, num_cpus=cpus) as logs:
             # after ray.init, whose own SIGTERM handler would end the process on the spot
             signal.signal(signal.SIGTERM, _interrupt)
             announce(f"starting {config.replicas} scorer replica(s), {len(references)} references")
@@ -245,10 +245,12 @@ def run(args: argparse.Namespace) -> int:
                 url = local_url(config)
                 health = wait_until_serving(url)
                 print(_ready_line(config, url, started["gpus_per_replica"], health), flush=True)
+                if logs is not None:
+                    announce(f"the replicas' and Serve's logs: {logs}")
                 while True:
                     time.sleep(3600)
             finally:
-                if not private:  # a private cluster ends with everything on it
+                if logs is None:  # a joined cluster; a private one ends with everything on it
                     stop_service(config)
     except KeyboardInterrupt:
         print("nncd serve: stopped", file=sys.stderr, flush=True)

@@ -196,24 +196,28 @@ def wait_until_serving(url: str, *, timeout_s: float = 60.0) -> dict[str, Any]:
 
 
 @contextmanager
-def ray_cluster(address: str | None, *, num_cpus: float) -> Iterator[bool]:
+def ray_cluster(address: str | None, *, num_cpus: float) -> Iterator[str | None]:
     """Connect to ``address`` (or ``$RAY_ADDRESS``), else start a private local cluster of
-    ``num_cpus`` CPUs; yields whether the cluster is private (it ends with the block)."""
+    ``num_cpus`` CPUs (it ends with the block). Yields the folder of the private cluster's logs
+    (None for a joined cluster, whose logs stay on its nodes). The replicas' and Serve's output
+    goes to those logs, not to this process's stderr: a service's console shows its own lines
+    (a replica that fails to start is one line, not the controller's traceback)."""
     import ray
 
     from nncd_ray.matrix.cluster.private_cluster import PrivateCluster
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
-        with PrivateCluster(num_cpus=max(1, math.ceil(num_cpus))):
-            yield True
+        cluster = PrivateCluster(num_cpus=max(1, math.ceil(num_cpus)), log_to_driver=False)
+        with cluster:
+            yield os.path.join(cluster.temp_dir or "", "session_latest", "logs")
         return
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"cannot join the Ray cluster at {address}: {exc}") from exc
     try:
-        yield False
+        yield None
     finally:
         ray.shutdown()
 
