@@ -27,9 +27,6 @@ from nncd_ray.serve.config import ServeConfig
 from nncd_ray.serve.engine import QueryEngine
 from nncd_ray.serve.queries import QueryRequest
 
-# scorer batches in flight per replica: one planned on the host while the other runs
-CONCURRENT_BATCHES = 1
-
 
 @serve.deployment(name="NCDScorer")
 class NCDScorer:
