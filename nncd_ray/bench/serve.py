@@ -41,7 +41,7 @@ from typing import Any
 
 from nncd_ray.bench.machine import machine_info
 from nncd_ray.data.protocols import load_protocol
-from nncd_ray.errors import ConfigError
+from nncd_ray.errors import ConfigError, NNCDError
 from nncd_ray.scorers import ScorerSpec
 from nncd_ray.serve.config import ServeConfig
 from nncd_ray.serve.metrics import latency_summary
@@ -151,6 +151,7 @@ def measure(
     """Warm-up, then the measured load; with the service's own view of its batches."""
     from nncd_ray.serve.client import ServiceClient
 
+    _checked_url(url)
     service = ServiceClient(url, token=token or "")
     if load.warmup_s > 0:
         run_load(url, texts, replace(load, duration_s=load.warmup_s), token=token, n_refs=n_refs)
@@ -288,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.url:
             from nncd_ray.serve.auth import find_token
 
+            _checked_url(args.url)  # before anything is sent there
+
             token = find_token(args.token_file)[0]
             n_refs = len(_references(args.url, token))
             texts = _queries(args)
@@ -301,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.data:
                 raise ConfigError("--data (AG News test.csv) is needed to start a service")
             results = run_modes(args, load)
-    except ConfigError as exc:
+    except NNCDError as exc:
         print(f"python -m nncd_ray.bench.serve: error: {exc}", file=sys.stderr)
         return 2
     results["machine"] = machine_info()
