@@ -8,5 +8,6 @@ rule are the project's own (:mod:`nncd_ray.ncd`, :mod:`nncd_ray.knn.neighbours`)
 equals what ``nncd matrix`` + ``nncd knn`` give for the same documents.
 
 Importing this package imports neither Ray nor torch: the deployments live in
-:mod:`nncd_ray.serve.deployments`, loaded only when a service starts.
+:mod:`nncd_ray.serve.replica` and :mod:`nncd_ray.serve.frontend`, loaded only when a service
+starts; :mod:`nncd_ray.serve.client` needs only the standard library.
 """
