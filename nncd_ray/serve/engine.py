@@ -5,10 +5,11 @@ For the language model (:class:`~nncd_ray.scorers.lm.LMScorer`) a batch of B que
 of B rows × R reference columns: the scorer runs the B prefixes ``[b] x [e]`` (C(x) of each query
 comes with them) and then every (query, reference) continuation against its query's cached prefix,
 many queries per pass, passes sized by the token budget: the cross-row batching of the matrix
-engine, fed by concurrent callers instead of a store. Host work (tokenising, planning:
-``scorer.prepare``) happens outside the device lock, so the next batch is planned while the device
-runs the current one (``scorer.launch``); the results are read back outside the lock too, as the
-matrix worker does. ``ncd-min`` adds the tile with the references as prefixes (C(yx)).
+engine, fed by concurrent callers instead of a store. As in the matrix worker, only
+``scorer.launch`` runs under the device lock (tokenising and planning, ``scorer.prepare``, and
+reading the results back happen outside it), so two batches may be scored at once safely; the
+replica's batcher runs one at a time, which keeps batches full under load. ``ncd-min`` adds the
+tile with the references as prefixes (C(yx)).
 
 Other compressors (gzip, …) go through the protocol's ``document_bits`` and ``pair_bits``.
 
