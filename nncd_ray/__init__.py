@@ -9,8 +9,8 @@ Importing the package is cheap: each name is looked up in its module the first t
 (PEP 562), so torch, transformers, Ray and Zarr load only when the part that needs them is used.
 The subpackages, in the order their imports point (each imports only those before it):
 ``data`` → ``scorers`` → ``matrix`` (with ``codec`` and ``training`` beside it) → ``knn`` →
-``study`` → ``cli`` and ``bench``; ``errors`` and ``ncd`` (the science: NCD from code lengths)
-sit below them all.
+``study`` and ``serve`` → ``cli`` and ``bench``; ``errors`` and ``ncd`` (the science: NCD from
+code lengths) sit below them all.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ _PUBLIC: dict[str, str] = {
     "EvaluationConfig": "nncd_ray.knn.evaluate",
     "evaluate_store": "nncd_ray.knn.evaluate",
     "NCDKNNClassifier": "nncd_ray.knn.classifier",
+    "ServiceClient": "nncd_ray.serve.client",
 }
 
 if TYPE_CHECKING:  # the same names for type checkers; never executed
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # the same names for type checkers; never executed
     from nncd_ray.matrix.config import MatrixConfig
     from nncd_ray.matrix.engine import compute_matrix
     from nncd_ray.scorers import ScorerSpec, make_scorer
+    from nncd_ray.serve.client import ServiceClient
 
 
 def __getattr__(name: str) -> Any:
@@ -67,6 +69,7 @@ __all__ = [
     "NCDKNNClassifier",
     "NNCDError",
     "ScorerSpec",
+    "ServiceClient",
     "__version__",
     "compute_matrix",
     "evaluate_store",

@@ -92,3 +92,12 @@ class TileFailed(NNCDError, RuntimeError):
 
 class CodecError(NNCDError, ValueError):
     """A compressed file is truncated, corrupted, or was made with another model."""
+
+
+class ServiceError(NNCDError, RuntimeError):
+    """An ``nncd serve`` service refused a request (``status`` holds the HTTP status), or could
+    not be reached (``status`` is None)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -5,8 +5,8 @@ included: a type-only arrow is still an arrow), and the graph of ``nncd_ray`` mo
 
 - have no circle;
 - point one way through the layers: ``errors`` → ``ncd``/``embedded`` → ``data`` → ``scorers`` →
-  ``matrix``/``codec``/``training`` → ``knn`` → ``study``/``testing`` → ``cli``/``bench``; a
-  module imports only from its own subpackage or from a lower layer;
+  ``matrix``/``codec``/``training`` → ``knn`` → ``study``/``testing``/``serve`` →
+  ``cli``/``bench``; a module imports only from its own subpackage or from a lower layer;
 - keep the pure math (NCD, k-NN, tiling) free of Ray, torch, Zarr, transformers and fsspec, also
   through what it imports.
 
@@ -43,6 +43,7 @@ LAYERS = {
     "knn": 5,
     "study": 6,
     "testing": 6,
+    "serve": 6,
     "cli": 7,
     "bench": 7,
 }

@@ -89,6 +89,11 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(PROTOCOLS),
         help=f"a benchmark split of AG News: {', '.join(PROTOCOLS)}",
     )
+    add_reading_arguments(group)
+
+
+def add_reading_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--data`` (for ``--protocol``) and how to read document files: format, fields, CSV."""
     group.add_argument(
         "--data",
         metavar="PATH",
@@ -306,6 +311,7 @@ def progress(
 __all__ = [
     "LEVEL_OPTION",
     "add_input_arguments",
+    "add_reading_arguments",
     "add_scorer_arguments",
     "corpus_from_args",
     "inputs_from_args",

@@ -27,6 +27,8 @@ SUBCOMMANDS: tuple[str, ...] = (
     "decompress",
     "train",
     "submit",
+    "serve",
+    "classify",
 )
 
 EXIT_USAGE = 2

@@ -9,6 +9,7 @@ breaks this test rather than a cluster run.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import re
 import shlex
@@ -26,6 +27,7 @@ from paths import ROOT
 LAUNCHER = ROOT / "cluster" / "gpu-cluster.yaml"
 RAYCLUSTER = ROOT / "cluster" / "kuberay" / "raycluster.yaml"
 RAYJOB = ROOT / "cluster" / "kuberay" / "rayjob.yaml"
+RAYSERVICE = ROOT / "cluster" / "kuberay" / "rayservice.yaml"
 DOCKERFILES = {"gpu": ROOT / "docker" / "Dockerfile", "cpu": ROOT / "docker" / "Dockerfile.cpu"}
 DOCKERIGNORE = ROOT / ".dockerignore"
 PYTHON_TAG = "py311"
@@ -129,6 +131,9 @@ def cluster_spec(path: Path) -> dict[str, Any]:
     if document["kind"] == "RayJob":
         spec: dict[str, Any] = document["spec"]["rayClusterSpec"]
         return spec
+    if document["kind"] == "RayService":
+        service: dict[str, Any] = document["spec"]["rayClusterConfig"]
+        return service
     assert document["kind"] == "RayCluster"
     cluster: dict[str, Any] = document["spec"]
     return cluster
@@ -140,7 +145,7 @@ def pod_templates(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         yield group["groupName"], group["template"]["spec"]
 
 
-@pytest.mark.parametrize("path", [RAYCLUSTER, RAYJOB], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [RAYCLUSTER, RAYJOB, RAYSERVICE], ids=lambda p: p.name)
 def test_kuberay_cluster_pins_ray_and_uses_token_auth(path: Path) -> None:
     spec = cluster_spec(path)
     assert spec["rayVersion"] == RAY
@@ -152,7 +157,7 @@ def test_kuberay_cluster_pins_ray_and_uses_token_auth(path: Path) -> None:
             assert image_tag(container["image"]) == GPU_IMAGE_TAG, (name, container["image"])
 
 
-@pytest.mark.parametrize("path", [RAYCLUSTER, RAYJOB], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [RAYCLUSTER, RAYJOB, RAYSERVICE], ids=lambda p: p.name)
 def test_kuberay_workers_request_gpus_and_mount_shared_memory(path: Path) -> None:
     spec = cluster_spec(path)
     for group in spec["workerGroupSpecs"]:
@@ -185,6 +190,41 @@ def test_rayjob_runs_the_matrix_job_on_object_storage() -> None:
     parsed = build_parser().parse_args(["matrix", *arguments])
     assert parsed.store.startswith("s3://"), "pods are ephemeral: the store must be remote"
     assert document["spec"].get("backoffLimit", 0) >= 1  # retries resume the same store
+
+
+def test_rayservice_runs_nncd_serve_with_its_token() -> None:
+    """The Serve config passes Ray's own schema; its application is ``nncd serve``'s builder,
+    with options the real parser takes; every container gets the service's token."""
+    import importlib
+
+    from ray.serve.schema import ServeDeploySchema
+
+    from nncd_ray.cli.serve import add_serve_arguments
+
+    document = load(RAYSERVICE)
+    assert document["apiVersion"] == "ray.io/v1" and document["kind"] == "RayService"
+    serve_config = ServeDeploySchema.model_validate(
+        yaml.safe_load(document["spec"]["serveConfigV2"])
+    )
+    (application,) = serve_config.applications
+    module, _, name = application.import_path.partition(":")
+    builder = getattr(importlib.import_module(module), name)
+    assert callable(builder)
+    parser = argparse.ArgumentParser(add_help=False)
+    add_serve_arguments(parser)
+    parsed = parser.parse_args(shlex.split(application.args["command"]))
+    assert not parsed.no_auth and parsed.token_file is None  # the token comes from the env
+    assert parsed.refs and parsed.gpus_per_replica == 1 and parsed.replicas >= 1
+    assert serve_config.http_options.host == "0.0.0.0"
+    spec = cluster_spec(RAYSERVICE)
+    replicas = sum(group["replicas"] for group in spec["workerGroupSpecs"])
+    assert replicas >= parsed.replicas  # one GPU pod per scorer replica
+    for name_, pod in pod_templates(spec):
+        mounted = {m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+        assert str(Path(parsed.refs).parent) in mounted, f"{name_}: the references are not mounted"
+        for container in pod["containers"]:
+            tokens = [e for e in container.get("env", []) if e["name"] == "NNCD_SERVE_TOKEN"]
+            assert tokens and "secretKeyRef" in tokens[0]["valueFrom"], name_
 
 
 # -- Docker --------------------------------------------------------------------------------------
@@ -285,3 +325,23 @@ def test_documented_job_commands_parse(path: Path) -> None:
                 pytest.fail(f"{path.name}: `{line.strip()}` does not parse")
             checked += 1
     assert checked >= 1, f"no complete job command found in {path.name}"
+
+
+@pytest.mark.parametrize("path", [ROOT / "docs" / "deploy.md", ROOT / "README.md"], ids=str)
+def test_documented_serve_commands_parse(path: Path) -> None:
+    """Every complete `nncd serve ...` / `nncd classify ...` line in the docs parses."""
+    from nncd_ray.cli.main import build_parser
+
+    parser = build_parser()
+    checked = 0
+    for line in shell_commands(path):
+        match = re.search(r"\bnncd (serve|classify)\b.*", line)
+        if match is None or "..." in line or "…" in line:
+            continue
+        words = shlex.split(match.group(0).split(" && ")[0].split(" & ")[0])
+        try:
+            parser.parse_args(words[1:])
+        except SystemExit:
+            pytest.fail(f"{path.name}: `{line.strip()}` does not parse")
+        checked += 1
+    assert checked >= 2, f"no complete serve/classify command found in {path.name}"

@@ -105,10 +105,13 @@ def _drop_auth_notice(record: logging.LogRecord) -> bool:
 
 class PrivateCluster:
     """``with PrivateCluster(num_cpus=4): ...``: ``ray.init`` of a new local cluster, shut down
-    (processes ended, temp dir removed) on exit; its processes also end if this process dies."""
+    (processes ended, temp dir removed) on exit; its processes also end if this process dies.
+    ``log_to_driver=False`` keeps the workers' output in the session's log files (under
+    :attr:`temp_dir`) instead of this process's stderr."""
 
-    def __init__(self, *, num_cpus: int) -> None:
+    def __init__(self, *, num_cpus: int, log_to_driver: bool = True) -> None:
         self.num_cpus = num_cpus
+        self.log_to_driver = log_to_driver
         self.temp_dir: str | None = None
         self._watchdog: Watchdog | None = None
 
@@ -128,6 +131,7 @@ class PrivateCluster:
                 include_dashboard=False,
                 _temp_dir=self.temp_dir,
                 logging_level=logging.WARNING,
+                log_to_driver=self.log_to_driver,
             )
         except BaseException:
             self._release()
