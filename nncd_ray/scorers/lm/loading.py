@@ -160,4 +160,3 @@ def output_cache(output: Any) -> Any:
     ``output.past_key_values`` before); ``None`` without one."""
     cache = output.get("cache") if hasattr(output, "get") else None
     return cache if cache is not None else getattr(output, "past_key_values", None)
-
