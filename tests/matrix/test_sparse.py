@@ -106,6 +106,24 @@ def test_sparse_store_holds_the_candidate_pairs(tmp_path: Path, variant: str) ->
     assert again.prefilter is not None and again.prefilter["computed"] == 0
 
 
+def test_the_lm_scores_a_sparse_tile_in_one_call(tmp_path: Path) -> None:
+    """The LM scorer's score_candidates (every row's own candidates in one tile's passes) gives
+    the dense tile's code lengths at the candidates, C(y x) too (ncd-min)."""
+    rows, cols = corpus(7, "q"), corpus(9, "r")
+    spec = ScorerSpec(name="lm", options={"device": "cpu"})
+    path = tmp_path / "lm.zarr"
+    compute_matrix(sparse(path, spec, variant="ncd-min", candidates=3), rows, cols)
+    store = MatrixStore.open(str(path))
+    candidates = np.asarray(store.array("candidates")[:], dtype=np.int64)
+    scorer = make_scorer(spec)
+    for name, dense in (
+        ("pair_bits", scorer.pair_bits(rows.texts, cols.texts)),
+        ("pair_bits_reversed", scorer.pair_bits(cols.texts, rows.texts).T),
+    ):
+        expected = np.take_along_axis(dense, candidates, axis=1)
+        np.testing.assert_allclose(store.array(name)[:], expected, atol=1e-3, rtol=0)
+
+
 def test_bad_requests_are_refused_before_any_work(tmp_path: Path) -> None:
     rows, cols = corpus(6, "q"), corpus(4, "r")
     path = tmp_path / "x.zarr"

@@ -41,3 +41,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def device_kind(device: torch.device) -> str:
+    """What the store's fingerprint names: ``cpu``, or ``cuda:`` and the GPU's model name."""
+    if device.type != "cuda":
+        return device.type
+    import torch
+
+    return f"cuda:{torch.cuda.get_device_name(device)}"

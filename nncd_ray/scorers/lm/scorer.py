@@ -34,7 +34,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 
 from nncd_ray.errors import ConfigError, DocumentTooLong, InputError
 from nncd_ray.scorers.base import BaseScorer, TileScores
+from nncd_ray.scorers.lm.devices import device_kind
 
 if TYPE_CHECKING:
     import torch
@@ -283,16 +284,9 @@ class LMScorer(BaseScorer):
                 "path": self.path,
                 "token_budget": self.token_budget,
                 "planner": PLAN_VERSION,
-                "device": self._device_kind(),
+                "device": device_kind(self.device),
             }
         return fingerprint
-
-    def _device_kind(self) -> str:
-        if self.device.type != "cuda":
-            return self.device.type
-        import torch
-
-        return f"cuda:{torch.cuda.get_device_name(self.device)}"
 
     def document_bits(self, texts: Sequence[str]) -> NDArray[np.float64]:
         """C(x) of each text: ``(len(texts),) float64`` bits."""
@@ -440,6 +434,26 @@ class LMScorer(BaseScorer):
     def _tile(self, rows: Sequence[str], cols: Sequence[str], *, want_cols: bool) -> TileScores:
         return self.launch(self.prepare(rows, cols, want_cols=want_cols)).result()
 
+    def score_candidates(
+        self, rows: Sequence[str], cols: Sequence[str], candidates: Any, *, reverse: bool = False
+    ) -> TileScores:
+        """``pair_bits`` (rows, m): C(x y) of each row x and its own candidates y = cols[j]
+        (``reverse``: C(y x)), every row in one tile's passes; row and column bits left empty."""
+        from nncd_ray.scorers.lm.tile import candidate_tile
+
+        columns, position, wanted = candidate_tile(np.asarray(candidates, dtype=np.int64))
+        docs = [self.encode(rows), self.encode([cols[j] for j in columns.tolist()])]
+        if reverse:
+            docs, wanted = docs[::-1], wanted.T
+        plan = self._plan(
+            *docs, path=self.path, budget=self.token_budget, want_cols=False, wanted=wanted
+        )
+        scores = self.launch(plan).result()
+        pair = (scores.pair_bits.T if reverse else scores.pair_bits)[
+            np.arange(len(rows))[:, None], position
+        ]
+        return replace(scores, row_bits=np.zeros(0), col_bits=np.zeros(0), pair_bits=pair)
+
     def _plan(
         self,
         row_docs: Sequence[Sequence[int]],
@@ -448,6 +462,7 @@ class LMScorer(BaseScorer):
         path: str,
         budget: int,
         want_cols: bool,
+        wanted: NDArray[np.bool_] | None = None,
     ) -> PreparedTile:
         from nncd_ray.scorers.lm.tile import plan_tile
 
@@ -461,6 +476,7 @@ class LMScorer(BaseScorer):
             budget=budget,
             want_cols=want_cols,
             prefix_capacity=max(budget, self._prefix_capacity),
+            wanted=wanted,
         )
 
     def _replan(self, prepared: PreparedTile) -> PreparedTile:
@@ -470,6 +486,7 @@ class LMScorer(BaseScorer):
             path=prepared.path,
             budget=self.token_budget,
             want_cols=prepared.want_cols,
+            wanted=prepared.wanted,
         )
 
     def _runner(self, path: str) -> PassRunner:

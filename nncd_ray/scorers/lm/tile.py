@@ -67,6 +67,8 @@ class PreparedTile:
     groups: list[GroupPlan] = field(default_factory=list)
     # the other paths: plain passes from position 0
     passes: list[PassPlan] = field(default_factory=list)
+    # (n_rows, n_cols) pairs to score (None: every pair); the others' pair bits are meaningless
+    wanted: NDArray[np.bool_] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -98,9 +100,11 @@ def plan_tile(
     budget: int,
     want_cols: bool,
     prefix_capacity: int,
+    wanted: NDArray[np.bool_] | None = None,
 ) -> PreparedTile:
     """Plan the passes of a tile (see the module docstring); ``prefix_capacity`` is how many
-    prefix positions (with their room) may be cached at once."""
+    prefix positions (with their room) may be cached at once; ``wanted`` (n_rows, n_cols), when
+    given, leaves out the pairs it marks False (each row scores its own columns)."""
     n_rows, n_cols = len(row_docs), len(col_docs)
     row_off, col_off = n_rows * n_cols, n_rows * n_cols + n_rows
     columns = (
@@ -119,6 +123,7 @@ def plan_tile(
             DocumentItem(tokens=(bos, *x, eos, *y, eos), into=i * n_cols + j)
             for i, x in enumerate(row_docs)
             for j, y in enumerate(col_docs)
+            if wanted is None or wanted[i, j]
         ]
         return PreparedTile(
             row_docs=row_docs,
@@ -127,6 +132,7 @@ def plan_tile(
             budget=budget,
             want_cols=want_cols,
             passes=document_passes(items, pad, budget),
+            wanted=wanted,
         )
     prefix_lengths = np.array([len(x) + 2 for x in row_docs], dtype=np.int64)
     nonempty = np.array([j for j, y in enumerate(col_docs) if y], dtype=np.int64)
@@ -143,6 +149,9 @@ def plan_tile(
             items += columns
         store_rows = np.repeat(np.arange(len(rows), dtype=np.int64), len(nonempty))
         column_of = np.tile(nonempty, len(rows))
+        if wanted is not None:
+            keep = wanted[rows[store_rows], column_of]
+            store_rows, column_of = store_rows[keep], column_of[keep]
         groups.append(
             GroupPlan(
                 rows=rows,
@@ -169,7 +178,19 @@ def plan_tile(
         want_cols=want_cols,
         first_tokens=np.array([y[0] if y else eos for y in col_docs], dtype=np.int64),
         groups=groups,
+        wanted=wanted,
     )
+
+
+def candidate_tile(candidates: NDArray[np.int64]) -> tuple[IntArray, IntArray, NDArray[np.bool_]]:
+    """A rectangle for rows that each have their own candidate columns: the columns any row
+    wants (sorted indices), each candidate's position among them (the shape of
+    ``candidates``) and the (rows, columns) mask of the pairs wanted."""
+    columns, position = np.unique(candidates, return_inverse=True)
+    position = position.reshape(candidates.shape).astype(np.int64)
+    wanted = np.zeros((candidates.shape[0], columns.size), dtype=bool)
+    wanted[np.arange(candidates.shape[0])[:, None], position] = True
+    return columns.astype(np.int64), position, wanted
 
 
 class PendingTile:
@@ -230,4 +251,11 @@ def launch_tile(tile: PreparedTile, runner: PassRunner) -> PendingTile:
     return PendingTile(tile, host, event)
 
 
-__all__ = ["GroupPlan", "PendingTile", "PreparedTile", "launch_tile", "plan_tile"]
+__all__ = [
+    "GroupPlan",
+    "PendingTile",
+    "PreparedTile",
+    "candidate_tile",
+    "launch_tile",
+    "plan_tile",
+]
