@@ -9,7 +9,10 @@
 #
 # DATA_DIR holds agnews/test.csv and gutenberg/*.txt (default ../shared/data). On an offline machine
 # without Ray, zarr or constriction, build the bundle first where pip works
-# (`bash ../shared/tools/gpu-bundle.sh`): when .gpu-bundle/ is here it is installed first.
+# (`bash ../shared/tools/gpu-bundle.sh`): when .gpu-bundle/ is here it is installed first. To run
+# the transformers release tested here instead of the machine's, pack it beside the bundle:
+#   pip download --no-deps -d /tmp/tf transformers==X.Y.Z && mkdir /tmp/tfx && cd /tmp/tfx \
+#     && unzip -q /tmp/tf/transformers-*.whl && tar cf - . | xz -9 > $OLDPWD/.gpu-bundle/transformers.tar.xz
 # Every step keeps its own time limit and its log under OUT_DIR, so one failing step loses no other.
 set -uo pipefail
 out=${1:?usage: gpu-check.sh OUT_DIR [DATA_DIR] [--store-protocol NAME]}
