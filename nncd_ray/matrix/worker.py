@@ -169,16 +169,7 @@ class TileWorker:
             row_scored_bytes=row_scored,
             col_scored_bytes=col_scored,
         )
-        return TileResult(
-            index_row=tile.index_row,
-            index_col=tile.index_col,
-            pairs=tile.pairs,
-            node_id=self.node_id,
-            pid=os.getpid(),
-            score_seconds=scored - started,
-            write_seconds=time.perf_counter() - scored,
-            work_units=int(work_units),
-        )
+        return self._result(tile, started, scored, work_units)
 
     def _documents(self, texts: Sequence[str]) -> tuple[NDArray[np.float64], int]:
         """``(len(texts),) float64`` C(x) of each text in one scorer call, and its work units."""
@@ -267,6 +258,11 @@ class TileWorker:
             row_scored_bytes=row_scored,
             column_bands=column_bands,
         )
+        return self._result(tile, started, scored, work_units)
+
+    def _result(self, tile: Tile, started: float, scored: float, work_units: int) -> TileResult:
+        """What the driver learns of a written tile (scored at ``started``..``scored``, written
+        from ``scored`` until now)."""
         return TileResult(
             index_row=tile.index_row,
             index_col=tile.index_col,
@@ -275,7 +271,7 @@ class TileWorker:
             pid=os.getpid(),
             score_seconds=scored - started,
             write_seconds=time.perf_counter() - scored,
-            work_units=work_units,
+            work_units=int(work_units),
         )
 
 
