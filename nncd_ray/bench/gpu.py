@@ -419,19 +419,24 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def bench_parser(prog: str, description: str | None, outputs: str) -> argparse.ArgumentParser:
+    """The options the GPU benchmarks share (data, output folder, device, dtype, rows, quick)."""
     parser = argparse.ArgumentParser(
-        prog="python -m nncd_ray.bench.gpu",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", required=True, help="AG News test.csv")
     parser.add_argument("--gutenberg", help="folder of Gutenberg .txt books (the tokenizer)")
-    parser.add_argument("--out", default="runs/bench-gpu", help="folder for gpu.json, gpu.md")
+    parser.add_argument("--out", default="runs/bench-gpu", help=f"folder for {outputs}")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
-    parser.add_argument("--tile", type=int, default=128, help="tile edge (128)")
     parser.add_argument("--rows", type=int, help="agnews-small query rows timed (all 200)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, a few documents")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = bench_parser("python -m nncd_ray.bench.gpu", __doc__, "gpu.json, gpu.md")
+    parser.add_argument("--tile", type=int, default=128, help="tile edge (128)")
     parser.add_argument("--e2e-executor", choices=("ray", "local"), default="ray")
     parser.add_argument(
         "--e2e-seconds",
@@ -441,7 +446,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speed fills in this many seconds (60)",
     )
     parser.add_argument("--no-embedded", action="store_true", help="skip the README main job")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, a few documents")
     args = parser.parse_args(argv)
     config = GPUBenchConfig(
         data=args.data,

@@ -16,7 +16,6 @@ Writes ``gpu_profile.json`` to ``--out``; ``--quick --device cpu`` is the smoke 
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -27,7 +26,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nncd_ray.bench.gpu import GPUBenchConfig, _split, build_models, quick_config, time_scorer
+from nncd_ray.bench.gpu import (
+    GPUBenchConfig,
+    _split,
+    bench_parser,
+    build_models,
+    quick_config,
+    time_scorer,
+)
 from nncd_ray.scorers.lm import LMScorer
 
 # kernel families, first match wins (CUDA kernel names, or CPU op names on a CPU)
@@ -189,23 +195,12 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m nncd_ray.bench.gpu_profile",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--data", required=True, help="AG News test.csv")
-    parser.add_argument("--gutenberg", help="folder of Gutenberg .txt books (the tokenizer)")
-    parser.add_argument("--out", default="runs/bench-gpu", help="folder for gpu_profile.json")
-    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
-    parser.add_argument("--rows", type=int, help="agnews-small query rows timed (all 200)")
+    parser = bench_parser("python -m nncd_ray.bench.gpu_profile", __doc__, "gpu_profile.json")
     parser.add_argument(
         "--budgets",
         default="65536,131072,262144",
         help="token budgets to time, comma-separated (65536,131072,262144)",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, a few documents")
     args = parser.parse_args(argv)
     config = GPUBenchConfig(
         data=args.data,
