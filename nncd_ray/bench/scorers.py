@@ -3,6 +3,9 @@
 - LM: pairs/s of the prefix-cached scorer and of the naive scorer (``[b] x [e] y`` per pair, same
   token-budget batching) and their ratio; effective FLOP/s = 2 × parameters × model tokens/s as a
   fraction of this machine's fp32 dense matmul rate, measured in the same run;
+- host planning: seconds to plan one 128-row tile of queries × all references at the GPU
+  bf16 token budget (65,536) on each LM path, with its passes and padding (what a GPU worker
+  does on its CPU while the device runs the previous tile);
 - gzip: the registry's ``GzipScorer`` on the whole matrix against a naive per-pair implementation
   that recompresses x, y and x + b" " + y with ``gzip.compress``.
 
@@ -23,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +189,32 @@ def time_lm_paths(
     )
 
 
+# the planning figure's tile: rows and the token budget (the GPU's bf16 default)
+PLAN_ROWS, PLAN_BUDGET = 128, 65536
+
+
+def time_planning(
+    model_dir: Path, rows: Sequence[str], cols: Sequence[str], repeats: int = 3
+) -> dict[str, Any]:
+    """Best-of-``repeats`` seconds to plan the tile ``rows × cols`` (tokens already encoded)
+    on each LM path at :data:`PLAN_BUDGET`, with its passes and padded/real input tokens."""
+    figures: dict[str, Any] = {"rows": len(rows), "cols": len(cols), "budget": PLAN_BUDGET}
+    for cached in (True, False):
+        scorer = LMScorer(
+            str(model_dir), device="cpu", token_budget=PLAN_BUDGET, prefix_cache=cached
+        )
+        scorer.encode([*rows, *cols])
+        seconds, tile = _best_seconds(partial(scorer.prepare, rows, cols), repeats)
+        plans = list(tile.passes) + [p for g in tile.groups for p in g.documents + g.continuations]
+        figures["prefix_cached" if cached else "naive"] = {
+            "seconds": seconds,
+            "passes": len(plans),
+            "padded_tokens": sum(p.padded_tokens for p in plans),
+            "real_tokens": sum(p.real_tokens for p in plans),
+        }
+    return figures
+
+
 def naive_gzip(rows: Sequence[str], cols: Sequence[str]) -> np.ndarray:
     """C(xy) bits, recompressing x, y and x + b" " + y with ``gzip.compress`` for every pair (the
     per-pair work of a naive NCD loop; C(x) and C(y) are computed but only C(xy) is returned)."""
@@ -255,6 +285,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
             build_bench_model(config, model_dir)
         build_seconds = time.perf_counter() - build_start
         cached, naive, cached_bits, naive_bits = time_lm_paths(model_dir, lm_rows, refs, config)
+        planning = time_planning(model_dir, queries[:PLAN_ROWS], refs)
     rate_after = matmul_rate(n=config.matmul_n, device=device)
     peak_rate = max(rate_before.flops_per_s, rate_after.flops_per_s)
     gzip_rows = queries if config.gzip_rows is None else queries[: config.gzip_rows]
@@ -278,6 +309,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
             "flop_fraction_naive": naive["effective_flops_per_s"] / peak_rate,
             "matmul_flops_per_s": peak_rate,
         },
+        "planning": planning,
         "gzip": classical,
         "wall_seconds": time.perf_counter() - wall,
         "peak_rss_bytes": peak_rss_bytes(),
@@ -310,6 +342,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"{fig['tokens_per_s']:>11.0f}{fig['padding_efficiency']:>9.2f}"
             f"{fig['effective_flops_per_s'] / 1e9:>10.1f}{fraction:>9.1%}"
         )
+    plan = result["planning"]
+    rows.append(
+        f"host planning of one {plan['rows']} x {plan['cols']} tile at budget {plan['budget']}: "
+        + "; ".join(
+            f"{name} {plan[key]['seconds']:.3f} s, {plan[key]['passes']} passes, padding "
+            f"{plan[key]['padded_tokens'] / max(plan[key]['real_tokens'], 1) - 1:.1%}"
+            for name, key in (("cached", "prefix_cached"), ("naive", "naive"))
+        )
+    )
     rows += [
         f"cached / naive pairs/s: {lm['speedup_pairs_per_s']:.2f}x (target >= 1.7x); by CPU "
         f"time {lm['speedup_pairs_per_cpu_s']:.2f}x; "

@@ -83,6 +83,12 @@ def test_scorers_bench(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["lm"]["timed_rows"] == 2 and result["lm"]["max_abs_diff_bits"] < 1e-2
     assert result["gzip"]["identical_lengths"] and result["matmul"]["before"]["n"] == 128
+    plan = result["planning"]
+    assert (plan["rows"], plan["cols"], plan["budget"]) == (128, 100, 65536)
+    cached, naive = plan["prefix_cached"], plan["naive"]
+    # the cached path runs each row's prefix once: about half the naive path's tokens
+    assert 0 < cached["real_tokens"] < 0.6 * naive["real_tokens"]
+    assert cached["padded_tokens"] >= cached["real_tokens"] and cached["passes"] >= 2
 
 
 @needs_agnews

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from nncd_ray.scorers.lm.plan import DEFAULT_COST, PassCost
+
 # default token budget on a CPU (tokens of padded input per forward pass)
 CPU_TOKEN_BUDGET = 8192
 # default budget on a GPU in half precision, where the batch plan is part of what a store
@@ -28,6 +30,21 @@ PASS_MEMORY_SHARE = 0.4
 # share of free device memory for a tile's cached prefixes; on a CPU a fixed amount
 PREFIX_MEMORY_SHARE = 0.2
 CPU_PREFIX_BYTES = 1 << 30
+
+
+# The planner's cost model on a GPU (``pass_cost``), from estimates, not measurements:
+# - arithmetic per byte of memory traffic, to weigh a gathered prefix slot (bytes) against a
+#   token's projections and MLP (FLOPs): an H100/H200 does about 990 dense bf16 TFLOP/s over
+#   3.4-4.8 TB/s of HBM (200-300 FLOP per byte; a gather reaches less than peak bandwidth).
+#   With 200 the GPT-2-small shape's slot weighs 0.13 tokens, the weight the planner gave
+#   every model before it knew their shapes;
+# - the fixed cost of a pass (launching its kernels, their tails, the host's share the device
+#   does not hide), about 2 ms, and the rate the device runs a model at meanwhile, 300 TFLOP/s
+#   (40% of the bf16 peak): a pass is cut only where it saves more padding than that.
+# On a CPU the planner keeps the weights measured there (``plan.DEFAULT_COST``).
+GPU_FLOPS_PER_BYTE = 200.0
+GPU_PASS_SECONDS = 2e-3
+GPU_FLOPS = 3e14
 
 
 def _dims(config: Any) -> tuple[int, int, int, int]:
@@ -57,6 +74,45 @@ def prefix_slot_bytes(config: Any, dtype: torch.dtype) -> int:
     """Bytes of one cached prefix position over every layer (keys and values)."""
     _, _, kv, layers = _dims(config)
     return 2 * kv * layers * torch.tensor([], dtype=dtype).element_size()
+
+
+def pass_cost(model: Any, device: torch.device) -> PassCost:
+    """The planner's cost model for ``model`` on ``device`` (see :class:`PassCost`).
+
+    On a GPU: per layer and per token the projections and MLP cost ``2 × layer parameters``
+    FLOPs; one query against one key costs ``4 × query width`` FLOPs (scores and weighted
+    values); a gathered prefix slot moves its keys and values three times (read from the store,
+    written to the pass's cache, read by attention) at :data:`GPU_FLOPS_PER_BYTE`; a pass's
+    fixed cost is :data:`GPU_PASS_SECONDS` of the device running ``2 × parameters`` FLOPs per
+    token at :data:`GPU_FLOPS`. Elsewhere: :data:`~nncd_ray.scorers.lm.plan.DEFAULT_COST`.
+    """
+    if device.type != "cuda":
+        return DEFAULT_COST
+    config = model.config
+    hidden, _, kv, layers = _dims(config)
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 1))
+    head_dim = int(getattr(config, "head_dim", None) or hidden // max(heads, 1))
+    embeddings = {id(m.weight): m.weight.numel() for m in _embedding_modules(model)}
+    total = sum(p.numel() for p in model.parameters())
+    per_token = 2.0 * max(total - sum(embeddings.values()), 1) / max(layers, 1)
+    slot_bytes = 3 * 2 * kv * next(model.parameters()).element_size()
+    return PassCost(
+        attention=4.0 * heads * head_dim / per_token,
+        prefix_slot=slot_bytes * GPU_FLOPS_PER_BYTE / per_token,
+        overhead_tokens=GPU_PASS_SECONDS * GPU_FLOPS / (2.0 * total),
+    )
+
+
+def _embedding_modules(model: Any) -> list[Any]:
+    modules = []
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        try:
+            module = getattr(model, getter)()
+        except (AttributeError, NotImplementedError):
+            continue
+        if module is not None and isinstance(getattr(module, "weight", None), torch.Tensor):
+            modules.append(module)
+    return modules
 
 
 def auto_token_budget(model: Any, device: torch.device, *, fused_head: bool) -> int:
@@ -95,11 +151,15 @@ def prefix_capacity(model: Any, device: torch.device) -> int:
 
 __all__ = [
     "CPU_TOKEN_BUDGET",
+    "GPU_FLOPS",
+    "GPU_FLOPS_PER_BYTE",
     "GPU_MAX_BUDGET",
     "GPU_MIN_BUDGET",
+    "GPU_PASS_SECONDS",
     "HALF_TOKEN_BUDGET",
     "auto_token_budget",
     "bytes_per_token",
+    "pass_cost",
     "prefix_capacity",
     "prefix_slot_bytes",
 ]

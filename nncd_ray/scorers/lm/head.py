@@ -135,6 +135,25 @@ class ScoringHead(torch.nn.Module):
         return HeadResult(nll=nll, dist_nll=dist_nll)
 
 
+def logits_pass_through(model: Any, head: ScoringHead, bos: int, eos: int) -> bool:
+    """Whether ``model`` returns its output layer's logits unchanged (then ``head`` may compute
+    −ln p itself); Gemma 2's soft-capping or a logit scale are not."""
+    device = head.weight.device
+    probe = torch.randn(1, 2, int(head.weight.shape[0]), device=device)
+
+    def fixed(hidden: torch.Tensor) -> torch.Tensor:
+        return probe
+
+    original = head.forward
+    head.forward = fixed  # type: ignore[method-assign]
+    try:
+        ids = torch.tensor([[bos, eos]], device=device)
+        logits = model(input_ids=ids, use_cache=False).logits
+    finally:
+        head.forward = original  # type: ignore[method-assign]
+    return bool(logits.shape == probe.shape and torch.equal(logits.float(), probe))
+
+
 def chunk_elements(device: torch.device) -> int:
     """Logit elements per chunk on ``device`` (see ``LOGIT_CHUNK_ELEMENTS``)."""
     return LOGIT_CHUNK_ELEMENTS.get(device.type, LOGIT_CHUNK_ELEMENTS["cpu"])
@@ -179,6 +198,7 @@ __all__ = [
     "ScoringHead",
     "chunk_elements",
     "install_scoring_head",
+    "logits_pass_through",
     "target_nll",
     "tokens_nll",
 ]

@@ -45,8 +45,6 @@ from nncd_ray.scorers.base import BaseScorer, TileScores
 from nncd_ray.scorers.lm.devices import device_kind
 
 if TYPE_CHECKING:
-    import torch
-
     from nncd_ray.scorers.lm.loading import LoadedModel
     from nncd_ray.scorers.lm.passes import PassRunner
     from nncd_ray.scorers.lm.tile import PendingTile, PreparedTile
@@ -152,14 +150,15 @@ class LMScorer(BaseScorer):
         import torch
 
         from nncd_ray.scorers.lm.attention import attention_layout
-        from nncd_ray.scorers.lm.budget import prefix_capacity
-        from nncd_ray.scorers.lm.head import install_scoring_head
+        from nncd_ray.scorers.lm.budget import pass_cost, prefix_capacity
+        from nncd_ray.scorers.lm.head import install_scoring_head, logits_pass_through
         from nncd_ray.scorers.lm.loading import cache_argument
         from nncd_ray.scorers.lm.passes import PassCounters, PassRunner
 
         self.counters = PassCounters()
         # prefix positions a tile may cache at once (row groups); fixed for the scorer's life
         self._prefix_capacity = prefix_capacity(self.model, self.device)
+        self._pass_cost = pass_cost(self.model, self.device)  # what the batch plans minimise
         self.head = install_scoring_head(self.model)
         self.layout = attention_layout(self.model)
         common: dict[str, Any] = {
@@ -175,7 +174,7 @@ class LMScorer(BaseScorer):
         )
         with torch.inference_mode():
             if self.head is not None:
-                self.head.fused = self._logits_pass_through()
+                self.head.fused = logits_pass_through(self.model, self.head, self._bos, self._eos)
             if self._masked is None:
                 self.path = "plain"
             elif not prefix_cache:
@@ -192,26 +191,6 @@ class LMScorer(BaseScorer):
 
         fused = self.head is not None and self.head.fused
         return auto_token_budget(self.model, self.device, fused_head=fused)
-
-    def _logits_pass_through(self) -> bool:
-        """Whether the model returns its output layer's logits unchanged (then the head may
-        compute −ln p itself); Gemma 2's soft-capping or a logit scale are not."""
-        import torch
-
-        assert self.head is not None
-        probe = torch.randn(1, 2, int(self.head.weight.shape[0]), device=self.device)
-
-        def fixed(hidden: torch.Tensor) -> torch.Tensor:
-            return probe
-
-        original = self.head.forward
-        self.head.forward = fixed  # type: ignore[method-assign]
-        try:
-            ids = torch.tensor([[self._bos, self._eos]], device=self.device)
-            logits = self.model(input_ids=ids, use_cache=False).logits
-        finally:
-            self.head.forward = original  # type: ignore[method-assign]
-        return bool(logits.shape == probe.shape and torch.equal(logits.float(), probe))
 
     def _fast_path_agrees(self) -> bool:
         """Score a small synthetic tile on the prefix-cached path and, one unpadded sequence at
@@ -477,6 +456,7 @@ class LMScorer(BaseScorer):
             want_cols=want_cols,
             prefix_capacity=max(budget, self._prefix_capacity),
             wanted=wanted,
+            cost=self._pass_cost,
         )
 
     def _replan(self, prepared: PreparedTile) -> PreparedTile:

@@ -24,9 +24,12 @@ from numpy.typing import NDArray
 
 from nncd_ray.scorers.base import TileScores
 from nncd_ray.scorers.lm.plan import (
-    DocumentItem,
+    DEFAULT_COST,
+    Documents,
     IntArray,
+    PassCost,
     PassPlan,
+    Pieces,
     continuation_passes,
     document_passes,
     row_groups,
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from nncd_ray.scorers.lm.passes import PassRunner
 
 _LN2 = math.log(2.0)
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,52 +105,57 @@ def plan_tile(
     want_cols: bool,
     prefix_capacity: int,
     wanted: NDArray[np.bool_] | None = None,
+    cost: PassCost = DEFAULT_COST,
 ) -> PreparedTile:
     """Plan the passes of a tile (see the module docstring); ``prefix_capacity`` is how many
     prefix positions (with their room) may be cached at once; ``wanted`` (n_rows, n_cols), when
-    given, leaves out the pairs it marks False (each row scores its own columns)."""
+    given, leaves out the pairs it marks False (each row scores its own columns); ``cost`` is
+    the device's cost of a pass, which the batch plans minimise."""
     n_rows, n_cols = len(row_docs), len(col_docs)
     row_off, col_off = n_rows * n_cols, n_rows * n_cols + n_rows
-    columns = (
-        [DocumentItem(tokens=(bos, *y, eos), into=col_off + j) for j, y in enumerate(col_docs)]
-        if want_cols
-        else []
+    # pieces: each row's [b] x [e], each column's [b] y [e], then each column's y [e] (the tail
+    # of a naive pair [b] x [e] y [e])
+    cached = path == "prefix-cached" and n_rows > 0 and n_cols > 0
+    pieces = Pieces(
+        [(bos, *x, eos) for x in row_docs]
+        + [(bos, *y, eos) for y in col_docs]
+        + ([] if cached else [(*y, eos) for y in col_docs])
     )
-    if path != "prefix-cached" or n_rows == 0 or n_cols == 0:
-        items = (
-            [DocumentItem(tokens=(bos, *x, eos), into=row_off + i) for i, x in enumerate(row_docs)]
-            if want_cols
-            else []
+    row_ids, col_ids = np.arange(n_rows, dtype=np.int64), np.arange(n_cols, dtype=np.int64)
+    nothing = Documents.of(pieces, _EMPTY, _EMPTY)
+    columns = Documents.of(pieces, n_rows + col_ids, col_off + col_ids) if want_cols else nothing
+    if not cached:
+        items = Documents.of(pieces, row_ids, row_off + row_ids) if want_cols else nothing
+        pair = np.arange(n_rows * n_cols, dtype=np.int64)
+        if wanted is not None:
+            pair = pair[np.asarray(wanted, dtype=bool).ravel()]
+        pairs = Documents.of(
+            pieces, pair // max(n_cols, 1), pair, tail=n_rows + n_cols + pair % max(n_cols, 1)
         )
-        items += columns
-        items += [
-            DocumentItem(tokens=(bos, *x, eos, *y, eos), into=i * n_cols + j)
-            for i, x in enumerate(row_docs)
-            for j, y in enumerate(col_docs)
-            if wanted is None or wanted[i, j]
-        ]
         return PreparedTile(
             row_docs=row_docs,
             col_docs=col_docs,
             path=path,
             budget=budget,
             want_cols=want_cols,
-            passes=document_passes(items, pad, budget),
+            passes=document_passes(items + columns + pairs, pad, budget, cost),
             wanted=wanted,
         )
-    prefix_lengths = np.array([len(x) + 2 for x in row_docs], dtype=np.int64)
-    nonempty = np.array([j for j, y in enumerate(col_docs) if y], dtype=np.int64)
-    room = max((len(y) for y in col_docs), default=0)
+    continuations = Pieces(col_docs)
+    prefix_lengths = pieces.lengths[:n_rows]
+    nonempty = np.flatnonzero(continuations.lengths > 0).astype(np.int64)
+    room = int(continuations.lengths.max(initial=0))
     groups = []
     for index, rows in enumerate(row_groups(prefix_lengths, prefix_capacity, room)):
-        items = [
-            DocumentItem(
-                tokens=(bos, *row_docs[r], eos), into=row_off + r, prefix_row=k, tile_row=r
-            )
-            for k, r in enumerate(rows.tolist())
-        ]
+        items = Documents.of(
+            pieces,
+            rows,
+            row_off + rows,
+            prefix_row=np.arange(len(rows), dtype=np.int64),
+            tile_row=rows,
+        )
         if index == 0:
-            items += columns
+            items = items + columns
         store_rows = np.repeat(np.arange(len(rows), dtype=np.int64), len(nonempty))
         column_of = np.tile(nonempty, len(rows))
         if wanted is not None:
@@ -157,16 +166,17 @@ def plan_tile(
                 rows=rows,
                 slots=int(prefix_lengths[rows].max()),
                 room=room,
-                documents=document_passes(items, pad, budget),
+                documents=document_passes(items, pad, budget, cost),
                 continuations=continuation_passes(
                     rows=store_rows,
-                    columns=col_docs,
+                    columns=continuations,
                     column_of=column_of,
                     into=rows[store_rows] * n_cols + column_of,
                     prefix_lengths=prefix_lengths[rows],
                     final=eos,
                     pad=pad,
                     budget=budget,
+                    cost=cost,
                 ),
             )
         )
