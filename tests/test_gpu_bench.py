@@ -50,6 +50,7 @@ def test_gpu_profile_quick_on_cpu(tmp_path: Path) -> None:
     figures = results["budgets"]["8192"]
     assert figures["prefix_cached"]["pairs"] == figures["naive"]["pairs"] == 2 * 16
     assert figures["prefix_cached"]["device_seconds"] > 0
+    assert results["gather"]["head_major_ms"] > 0 and results["gather"]["slot_major_ms"] > 0
     for path in ("prefix_cached", "naive"):
         shares = results["profile"][path]["families"]
         assert abs(sum(v["share"] for v in shares.values()) - 1.0) < 1e-9

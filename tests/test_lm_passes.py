@@ -201,3 +201,29 @@ def test_embedded_model_is_float32_everywhere() -> None:
     scorer = LMScorer(None, device="cpu")
     assert scorer.fingerprint()["dtype"] == "float32"
     assert next(scorer.model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefix_layer_gathers_whole_words(dtype: torch.dtype) -> None:
+    """A continuation's keys are its row's last ``width`` prefix slots then its own keys, read
+    from the slot-major store as 8-byte words, with the strides of a model's projections."""
+    from nncd_ray.scorers.lm.attention import PrefixLayer, as_words
+
+    rows, slots, room, heads, dim = 3, 5, 4, 2, 8
+    store_k = torch.randn(rows, slots + room, heads, dim).to(dtype)
+    store_v = torch.randn(rows, slots + room, heads, dim).to(dtype)
+    assert as_words(store_k).dtype == torch.int64
+    assert as_words(store_k[..., :3].contiguous()).dtype == dtype  # no wider word tiles 3 values
+    pick = torch.tensor([2, 0, 2, 1])
+    width, new = 3, 2
+    layer = PrefixLayer(store_k, store_v, rows=pick, slots=slots, width=width)
+    own_k = torch.randn(len(pick), new, heads, dim).to(dtype).transpose(1, 2)  # as projections
+    own_v = torch.randn(len(pick), new, heads, dim).to(dtype).transpose(1, 2)
+    keys, values = layer.update(own_k, own_v)
+    assert keys.shape == (len(pick), heads, width + new, dim)
+    for got, store, own in ((keys, store_k, own_k), (values, store_v, own_v)):
+        expected = torch.cat([store[pick, slots - width : slots].transpose(1, 2), own], dim=2)
+        assert torch.equal(got, expected)
+    assert layer.get_seq_length() == width
+    with pytest.raises(ValueError, match="do not fit"):
+        layer.update(*(torch.zeros(len(pick), heads, room + 1, dim, dtype=dtype),) * 2)

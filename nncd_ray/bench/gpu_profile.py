@@ -7,7 +7,10 @@ first tile) with, for the GPT-2-small shape of PROTOCOL.md on agnews-small:
    them, and the *device* seconds of the same tiles planned beforehand (the steady state of a
    worker, whose host plans tile k + 1 while the device runs tile k);
 2. a ``torch.profiler`` trace of both paths at the default budget, its device time summed by
-   kernel family (matmul, attention, softmax and cross-entropy, gathers and copies, the rest).
+   kernel family (matmul, attention, softmax and cross-entropy, gathers and copies, the rest);
+3. one layer's prefix gather of a GPT-2-small-shape continuation pass in both store layouts:
+   head-major with an element-wise gather (the store of 3d26b8b, measured on the H200) and
+   slot-major copied as 8-byte words (the store now).
 
     python -m nncd_ray.bench.gpu_profile --data DATA/agnews/test.csv --gutenberg DATA/gutenberg
 
@@ -102,6 +105,63 @@ def profile(
     }
 
 
+# one continuation pass of the GPT-2-small shape at budget 65,536 on agnews-small: about 1,450
+# rows of 45 tokens after prefixes padded to 55, from a store of 128 rows
+GATHER_SHAPE = {
+    "rows": 1450,
+    "store_rows": 128,
+    "heads": 12,
+    "head_dim": 64,
+    "width": 55,
+    "new": 45,
+}
+
+
+def gather_layouts(device: str, dtype: str, repeats: int = 20) -> dict[str, Any]:
+    """Milliseconds per layer (keys and values) of the prefix gather in both store layouts."""
+    import torch
+
+    from nncd_ray.scorers.lm.attention import PrefixLayer
+
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    shape = GATHER_SHAPE
+    rows, heads, dim = shape["rows"], shape["heads"], shape["head_dim"]
+    width, new, slots = shape["width"], shape["new"], shape["width"] + 20
+    stores = [
+        torch.randn(shape["store_rows"], slots + new, heads, dim, device=device).to(torch_dtype)
+        for _ in range(2)
+    ]
+    heads_first = [store.transpose(1, 2).contiguous() for store in stores]
+    pick = torch.randint(0, shape["store_rows"], (rows,), device=device)
+    own = torch.randn(rows, new, heads, dim, device=device).to(torch_dtype).transpose(1, 2)
+
+    def head_major() -> None:
+        for store in heads_first:
+            gathered = store[:, :, slots - width : slots + new].index_select(0, pick)
+            gathered[:, :, width:] = own
+
+    def slot_major() -> None:
+        PrefixLayer(*stores, rows=pick, slots=slots, width=width).update(own, own)
+
+    figures: dict[str, Any] = {**shape, "dtype": dtype}
+    for name, step in (("head_major_ms", head_major), ("slot_major_ms", slot_major)):
+        step()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        _sync(device)
+        figures[name] = (time.perf_counter() - start) / repeats * 1e3
+    return figures
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def run(config: GPUBenchConfig, budgets: Sequence[int]) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,6 +170,10 @@ def run(config: GPUBenchConfig, budgets: Sequence[int]) -> dict[str, Any]:
     if config.quick:  # a smoke run: a few pairs of each kind
         cols = cols[:16]
     results: dict[str, Any] = {"device": config.device, "budgets": {}, "profile": {}}
+    results["gather"] = gather_layouts(
+        config.device, config.dtype, repeats=3 if config.quick else 20
+    )
+    print(f"prefix gather: {json.dumps(results['gather'])}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-gpu-profile-") as scratch:
         model = build_models(replace(config, shapes=("gpt2-small",)), Path(scratch))["gpt2-small"]
         for budget in budgets:
@@ -191,6 +255,14 @@ def markdown(results: dict[str, Any]) -> str:
             + " | ".join(f"{s:.0%}" for s in shares)
             + f" | {other:.0%} |"
         )
+    if "gather" in results:
+        gather = results["gather"]
+        lines += [
+            "",
+            f"prefix gather of one layer ({gather['rows']} rows × {gather['width']} + "
+            f"{gather['new']} slots, {gather['dtype']}): head-major {gather['head_major_ms']:.3f} "
+            f"ms, slot-major words {gather['slot_major_ms']:.3f} ms",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -135,11 +135,14 @@ class CaptureLayer(DynamicLayer):
 class PrefixLayer(DynamicLayer):
     """A layer whose past is, for each batch row, one row of a prefix store.
 
-    The store layer ``(store rows, kv_heads, prefix slots + room, head_dim)`` holds prefixes
-    right-aligned in its first ``slots`` positions and leaves ``room`` free after them. ``update``
-    gathers the last ``width`` prefix slots *and the room after them* for the pass's rows in one
-    ``index_select`` (one copy), writes the new keys/values into the room, and keeps nothing:
-    a pass holds one layer's keys at a time, and the store is never written.
+    The store layer ``(store rows, prefix slots + room, kv_heads, head_dim)`` is slot-major: it
+    holds prefixes right-aligned in its first ``slots`` positions and leaves ``room`` free after
+    them. ``update`` gathers the last ``width`` prefix slots *and the room after them* for the
+    pass's rows in one ``index_select`` (each row one contiguous block, copied as 8-byte words),
+    writes the new keys/values into the room (one contiguous copy), and returns
+    ``(batch, kv_heads, width + new, head_dim)`` views: the strides a model's own projections
+    give attention. It keeps nothing: a pass holds one layer's keys at a time, and the store is
+    never written.
     """
 
     _layer_type = None
@@ -167,15 +170,28 @@ class PrefixLayer(DynamicLayer):
         if self.keys is None or self.values is None:  # set in __init__; reset() clears them
             raise RuntimeError("PrefixLayer used after reset(); build a fresh cache per pass")
         new = key_states.shape[-2]
-        if self.keys.shape[-2] - self.slots < new:
+        if self.keys.shape[1] - self.slots < new:
             raise ValueError(f"{new} new positions do not fit the store's room after the prefix")
         window = slice(self.slots - self.width, self.slots + new)
         out = []
         for store, states in ((self.keys, key_states), (self.values, value_states)):
-            gathered = store[:, :, window].index_select(0, self.rows)
-            gathered[:, :, self.width :] = states
-            out.append(gathered)
+            words = as_words(store)
+            gathered = words[:, window].index_select(0, self.rows).view(store.dtype)
+            gathered[:, self.width :] = states.transpose(1, 2)
+            out.append(gathered.transpose(1, 2))
         return out[0], out[1]
+
+
+def as_words(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor's memory as the widest integers (8, 4 or 2 bytes) that tile its last
+    dimension, so that copying it moves whole words (a half-precision gather copies 4 values
+    per element); the tensor itself when none does."""
+    row = tensor.shape[-1] * tensor.element_size()
+    for dtype in (torch.int64, torch.int32, torch.int16):
+        size = torch.tensor([], dtype=dtype).element_size()
+        if size >= tensor.element_size() and row % size == 0:
+            return tensor.view(dtype) if size != tensor.element_size() else tensor
+    return tensor
 
 
 def capture_cache(layers: int) -> DynamicCache:
@@ -190,7 +206,8 @@ def prefix_cache(
     layers: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, slots: int, width: int
 ) -> DynamicCache:
     """A fresh cache (one per pass: the forward mutates caches) whose layers read the last
-    ``width`` of ``slots`` prefix positions of store rows ``rows`` from the store ``layers``."""
+    ``width`` of ``slots`` prefix positions of store rows ``rows`` from the slot-major store
+    ``layers`` (see :class:`PrefixLayer`)."""
     cache = DynamicCache()
     cache.layer_class_to_replicate = None
     cache.layers = [
@@ -205,6 +222,7 @@ __all__ = [
     "AttentionLayout",
     "CaptureLayer",
     "PrefixLayer",
+    "as_words",
     "attention_layout",
     "attention_masks",
     "capture_cache",

@@ -6,9 +6,10 @@ and the scoring indices are built on the device; −ln p goes into a float64 acc
 device with ``index_add_``. The only host synchronisation of a tile is reading the accumulator
 at its end (``tests/test_lm_gpu.py`` checks that with CUDA's sync debug mode).
 
-The :class:`PrefixStore` holds a group of row prefixes' keys/values, right-aligned (a prefix of
-length L occupies the last L slots), so that a continuation pass takes the last ``width`` slots
-of the rows it needs with one ``index_select`` per layer.
+The :class:`PrefixStore` holds a group of row prefixes' keys/values, slot-major and
+right-aligned (a prefix of length L occupies the last L slots), so that a continuation pass
+takes the last ``width`` slots of the rows it needs with one ``index_select`` per layer, each
+row one contiguous block.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class PassCounters:
 
 @dataclass(kw_only=True)
 class PrefixStore:
-    """Keys/values of ``rows`` prefixes per layer, ``(rows, kv_heads, slots + room,
-    head_dim)`` each: a prefix of length L fills slots ``slots - L .. slots - 1`` (right-aligned)
+    """Keys/values of ``rows`` prefixes per layer, slot-major ``(rows, slots + room, kv_heads,
+    head_dim)``: a prefix of length L fills slots ``slots - L .. slots - 1`` (right-aligned)
     and ``room`` positions stay free after them, where a continuation's own keys go (see
     :class:`~nncd_ray.scorers.lm.attention.PrefixLayer`)."""
 
@@ -70,21 +71,22 @@ class PrefixStore:
     def put(
         self, cache: Any, batch_rows: torch.Tensor, store_rows: torch.Tensor, lengths: torch.Tensor
     ) -> None:
-        """Copy batch rows ``batch_rows`` of a capture cache (left-aligned, ``lengths`` real
-        tokens each) into store rows ``store_rows``, right-aligned."""
+        """Copy batch rows ``batch_rows`` of a capture cache (``(batch, kv_heads, positions,
+        head_dim)``, left-aligned, ``lengths`` real tokens each) into store rows
+        ``store_rows``, right-aligned."""
         shift = self.slots - lengths  # slot t of the store holds source position t - shift
         source = torch.arange(self.slots, device=lengths.device)[None, :] - shift[:, None]
         source = source.clamp(min=0)  # slots before the prefix copy position 0 (masked anyway)
         for index, layer in enumerate(cache.layers):
             for name, tensor in (("keys", layer.keys), ("values", layer.values)):
-                picked = tensor.index_select(0, batch_rows)
-                gather = source[:, None, :, None].expand(-1, picked.shape[1], -1, picked.shape[3])
-                aligned = picked.gather(2, gather)
+                picked = tensor.index_select(0, batch_rows).transpose(1, 2)
+                gather = source[:, :, None, None].expand(-1, -1, picked.shape[2], picked.shape[3])
+                aligned = picked.gather(1, gather)
                 target = getattr(self, name)
                 if len(target) <= index:
-                    heads, dim = aligned.shape[1], aligned.shape[3]
-                    target.append(aligned.new_empty(self.rows, heads, self.slots + self.room, dim))
-                target[index][:, :, : self.slots].index_copy_(0, store_rows, aligned)
+                    heads, dim = aligned.shape[2], aligned.shape[3]
+                    target.append(aligned.new_empty(self.rows, self.slots + self.room, heads, dim))
+                target[index][:, : self.slots].index_copy_(0, store_rows, aligned)
 
     def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return list(zip(self.keys, self.values, strict=True))
