@@ -30,7 +30,7 @@ AGNEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews" / "t
 CUDA = torch.device("cuda")  # a device name only: nothing here runs on it
 
 
-def shape(name: str) -> torch.nn.Module:
+def shape(name: str, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
     """The benchmark's GPT-2-small and Llama-1.2B shapes (PROTOCOL.md), weights on meta."""
     config = (
         GPT2Config(vocab_size=50257, n_layer=12, n_embd=768, n_head=12)
@@ -45,7 +45,7 @@ def shape(name: str) -> torch.nn.Module:
         )
     )
     with torch.device("meta"):
-        model: torch.nn.Module = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model: torch.nn.Module = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model
 
 
@@ -101,6 +101,10 @@ def test_gpu_cost_follows_the_model_shape() -> None:
     assert gpt2.overhead_tokens is not None and llama.overhead_tokens is not None
     assert llama.overhead_tokens < gpt2.overhead_tokens
     assert llama.per_pass(65536) == 65536 * lm_plan.PASS_OVERHEAD_RANGE[0]
+    # float32 on a GPU: a sixth of the arithmetic rate, twice the bytes per slot
+    fp32 = pass_cost(shape("gpt2-small", torch.float32), CUDA)
+    assert fp32.overhead_tokens == pytest.approx(gpt2.overhead_tokens / 6)
+    assert fp32.prefix_slot == pytest.approx(gpt2.prefix_slot * 2 / 6)
     # on a CPU the planner keeps the weights measured there
     assert pass_cost(shape("llama-1.2b"), torch.device("cpu")) == DEFAULT_COST
 

@@ -39,12 +39,15 @@ CPU_PREFIX_BYTES = 1 << 30
 #   With 200 the GPT-2-small shape's slot weighs 0.13 tokens, the weight the planner gave
 #   every model before it knew their shapes;
 # - the fixed cost of a pass (launching its kernels, their tails, the host's share the device
-#   does not hide), about 2 ms, and the rate the device runs a model at meanwhile, 300 TFLOP/s
-#   (40% of the bf16 peak): a pass is cut only where it saves more padding than that.
+#   does not hide), about 2 ms, and the rate the device runs a model at meanwhile: 300 TFLOP/s
+#   in half precision (40% of the bf16 peak), 50 TFLOP/s in float32 (no TF32 by default);
+#   a pass is cut only where it saves more padding than that.
+# In float32 the arithmetic rate is a sixth (the bandwidth the same), so both weights shrink.
 # On a CPU the planner keeps the weights measured there (``plan.DEFAULT_COST``).
 GPU_FLOPS_PER_BYTE = 200.0
 GPU_PASS_SECONDS = 2e-3
 GPU_FLOPS = 3e14
+GPU_FLOAT32_SLOWDOWN = 6.0
 
 
 def _dims(config: Any) -> tuple[int, int, int, int]:
@@ -84,7 +87,8 @@ def pass_cost(model: Any, device: torch.device) -> PassCost:
     values); a gathered prefix slot moves its keys and values three times (read from the store,
     written to the pass's cache, read by attention) at :data:`GPU_FLOPS_PER_BYTE`; a pass's
     fixed cost is :data:`GPU_PASS_SECONDS` of the device running ``2 × parameters`` FLOPs per
-    token at :data:`GPU_FLOPS`. Elsewhere: :data:`~nncd_ray.scorers.lm.plan.DEFAULT_COST`.
+    token at :data:`GPU_FLOPS` (both rates divided by :data:`GPU_FLOAT32_SLOWDOWN` in
+    float32). Elsewhere: :data:`~nncd_ray.scorers.lm.plan.DEFAULT_COST`.
     """
     if device.type != "cuda":
         return DEFAULT_COST
@@ -95,11 +99,13 @@ def pass_cost(model: Any, device: torch.device) -> PassCost:
     embeddings = {id(m.weight): m.weight.numel() for m in _embedding_modules(model)}
     total = sum(p.numel() for p in model.parameters())
     per_token = 2.0 * max(total - sum(embeddings.values()), 1) / max(layers, 1)
-    slot_bytes = 3 * 2 * kv * next(model.parameters()).element_size()
+    size = next(model.parameters()).element_size()
+    slot_bytes = 3 * 2 * kv * size
+    slowdown = GPU_FLOAT32_SLOWDOWN if size >= 4 else 1.0
     return PassCost(
         attention=4.0 * heads * head_dim / per_token,
-        prefix_slot=slot_bytes * GPU_FLOPS_PER_BYTE / per_token,
-        overhead_tokens=GPU_PASS_SECONDS * GPU_FLOPS / (2.0 * total),
+        prefix_slot=slot_bytes * GPU_FLOPS_PER_BYTE / slowdown / per_token,
+        overhead_tokens=GPU_PASS_SECONDS * GPU_FLOPS / slowdown / (2.0 * total),
     )
 
 
@@ -151,6 +157,7 @@ def prefix_capacity(model: Any, device: torch.device) -> int:
 
 __all__ = [
     "CPU_TOKEN_BUDGET",
+    "GPU_FLOAT32_SLOWDOWN",
     "GPU_FLOPS",
     "GPU_FLOPS_PER_BYTE",
     "GPU_MAX_BUDGET",
