@@ -188,9 +188,9 @@ def as_words(tensor: torch.Tensor) -> torch.Tensor:
     per element); the tensor itself when none does."""
     row = tensor.shape[-1] * tensor.element_size()
     for dtype in (torch.int64, torch.int32, torch.int16):
-        size = torch.tensor([], dtype=dtype).element_size()
-        if size >= tensor.element_size() and row % size == 0:
-            return tensor.view(dtype) if size != tensor.element_size() else tensor
+        if dtype.itemsize < tensor.element_size() or row % dtype.itemsize:
+            continue
+        return tensor.view(dtype) if dtype.itemsize != tensor.element_size() else tensor
     return tensor
 
 
