@@ -8,6 +8,7 @@ from pathlib import Path
 from paths import SHARED_DATA
 
 from nncd_ray.bench.gpu import main
+from nncd_ray.scorers.lm.plan import PLAN_VERSION
 
 
 def test_gpu_bench_quick_on_cpu(tmp_path: Path) -> None:
@@ -26,6 +27,7 @@ def test_gpu_bench_quick_on_cpu(tmp_path: Path) -> None:
     )
     assert code == 0
     results = json.loads((tmp_path / "gpu.json").read_text())
+    assert results["planner"] == PLAN_VERSION
     for model in ("gpt2-small", "llama-1.2b"):
         figures = results["models"][model]
         assert figures["prefix_cached"]["path"] == "prefix-cached"

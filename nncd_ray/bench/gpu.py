@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 from nncd_ray.bench.machine import machine_info, matmul_rate, peak_rss_bytes
 from nncd_ray.data.protocols import load_protocol
 from nncd_ray.scorers.lm import LMScorer
+from nncd_ray.scorers.lm.plan import PLAN_VERSION
 from nncd_ray.testing.tiny_models import build_tiny_model, read_text_lines
 
 # the protocol's two GPU shapes, and tiny stand-ins for --quick
@@ -328,6 +329,8 @@ def run(config: GPUBenchConfig) -> dict[str, Any]:
             k: v if not isinstance(v, tuple) else list(v) for k, v in asdict(config).items()
         },
         "bf16_peak_flops_per_second": peak.flops_per_s,
+        # the batch planner's rules the figures were measured with
+        "planner": PLAN_VERSION,
         "models": {},
     }
     queries, refs = _split("agnews-small", config.data)
