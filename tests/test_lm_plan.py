@@ -105,6 +105,13 @@ def test_gpu_cost_follows_the_model_shape() -> None:
     fp32 = pass_cost(shape("gpt2-small", torch.float32), CUDA)
     assert fp32.overhead_tokens == pytest.approx(gpt2.overhead_tokens / 6)
     assert fp32.prefix_slot == pytest.approx(gpt2.prefix_slot * 2 / 6)
+    # bench.gpu_profile calibrates the fixed cost of a pass by setting it
+    from nncd_ray.bench.gpu_profile import pass_seconds
+
+    with pass_seconds(0.008):
+        slower = pass_cost(shape("gpt2-small"), CUDA)
+    assert slower.overhead_tokens == pytest.approx(4 * gpt2.overhead_tokens)
+    assert pass_cost(shape("gpt2-small"), CUDA) == gpt2
     # on a CPU the planner keeps the weights measured there
     assert pass_cost(shape("llama-1.2b"), torch.device("cpu")) == DEFAULT_COST
 

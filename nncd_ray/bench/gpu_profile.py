@@ -8,7 +8,9 @@ first tile) with, for the GPT-2-small shape of PROTOCOL.md on agnews-small:
    worker, whose host plans tile k + 1 while the device runs tile k);
 2. a ``torch.profiler`` trace of both paths at the default budget, its device time summed by
    kernel family (matmul, attention, softmax and cross-entropy, gathers and copies, the rest);
-3. one layer's prefix gather of a GPT-2-small-shape continuation pass in both store layouts:
+3. pairs/s and passes of both paths at the default budget for several values of the planner's
+   estimated fixed cost of a pass (``budget.GPU_PASS_SECONDS``, default 2 ms), to calibrate it;
+4. one layer's prefix gather of a GPT-2-small-shape continuation pass in both store layouts:
    head-major with an element-wise gather (the store of 3d26b8b, measured on the H200) and
    slot-major copied as 8-byte words (the store now).
 
@@ -24,7 +26,8 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -162,14 +165,35 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run(config: GPUBenchConfig, budgets: Sequence[int]) -> dict[str, Any]:
+@contextmanager
+def pass_seconds(value: float) -> Iterator[None]:
+    """The planner's estimated fixed cost of a pass set to ``value`` seconds (scorers built
+    meanwhile plan with it)."""
+    from nncd_ray.scorers.lm import budget as lm_budget
+
+    saved = lm_budget.GPU_PASS_SECONDS
+    lm_budget.GPU_PASS_SECONDS = value
+    try:
+        yield
+    finally:
+        lm_budget.GPU_PASS_SECONDS = saved
+
+
+def run(
+    config: GPUBenchConfig, budgets: Sequence[int], overheads: Sequence[float] = ()
+) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     queries, refs = _split("agnews-small", config.data)
     rows, cols = list(queries.texts[: config.rows]), list(refs.texts)
     if config.quick:  # a smoke run: a few pairs of each kind
         cols = cols[:16]
-    results: dict[str, Any] = {"device": config.device, "budgets": {}, "profile": {}}
+    results: dict[str, Any] = {
+        "device": config.device,
+        "budgets": {},
+        "pass_seconds": {},
+        "profile": {},
+    }
     results["gather"] = gather_layouts(
         config.device, config.dtype, repeats=3 if config.quick else 20
     )
@@ -205,6 +229,17 @@ def run(config: GPUBenchConfig, budgets: Sequence[int]) -> dict[str, Any]:
             results["budgets"][str(budget)] = per_path
             print(f"budget {budget}: {json.dumps(_brief(per_path))}", file=sys.stderr)
             (out / "gpu_profile.json").write_text(json.dumps(results, indent=2) + "\n")
+        for value in overheads:
+            with pass_seconds(value):
+                timed_paths = {
+                    "prefix_cached" if cached else "naive": time_scorer(
+                        model, rows, cols, config, cached=cached
+                    )[0]
+                    for cached in (True, False)
+                }
+            results["pass_seconds"][str(value)] = timed_paths
+            print(f"pass seconds {value}: {json.dumps(_brief(timed_paths))}", file=sys.stderr)
+            (out / "gpu_profile.json").write_text(json.dumps(results, indent=2) + "\n")
         for cached in (True, False):
             scorer = LMScorer(
                 str(model), device=config.device, dtype=config.dtype, prefix_cache=cached
@@ -221,8 +256,9 @@ def _brief(per_path: dict[str, Any]) -> dict[str, Any]:
     return {
         path: {
             "pairs/s": round(per_path[path]["pairs_per_second"]),
-            "device pairs/s": round(per_path[path]["device_pairs_per_second"]),
+            "device pairs/s": round(per_path[path].get("device_pairs_per_second", 0.0)),
             "passes": per_path[path]["forward_passes"],
+            "padded tokens": per_path[path]["padded_tokens"],
         }
         for path in ("prefix_cached", "naive")
     }
@@ -255,6 +291,21 @@ def markdown(results: dict[str, Any]) -> str:
             + " | ".join(f"{s:.0%}" for s in shares)
             + f" | {other:.0%} |"
         )
+    if results.get("pass_seconds"):
+        lines += [
+            "",
+            "| planner's pass cost | cached pairs/s | passes | naive pairs/s | passes | "
+            "cached / naive |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for value, fig in results["pass_seconds"].items():
+            cached, naive = fig["prefix_cached"], fig["naive"]
+            lines.append(
+                f"| {float(value) * 1e3:g} ms | {cached['pairs_per_second']:,.0f} | "
+                f"{cached['forward_passes']} | {naive['pairs_per_second']:,.0f} | "
+                f"{naive['forward_passes']} | "
+                f"{cached['pairs_per_second'] / naive['pairs_per_second']:.2f}× |"
+            )
     if "gather" in results:
         gather = results["gather"]
         lines += [
@@ -273,6 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="65536,131072,262144",
         help="token budgets to time, comma-separated (65536,131072,262144)",
     )
+    parser.add_argument(
+        "--pass-seconds",
+        default="0.0005,0.002,0.008",
+        help="the planner's fixed cost of a pass to try at the default budget, in seconds, "
+        "comma-separated (0.0005,0.002,0.008); empty to skip",
+    )
     args = parser.parse_args(argv)
     config = GPUBenchConfig(
         data=args.data,
@@ -287,7 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rows is not None:
             config = replace(config, rows=args.rows)
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
-    results = run(config, budgets)
+    overheads = [float(v) for v in args.pass_seconds.split(",") if v.strip()]
+    results = run(config, budgets, overheads)
     sys.stdout.write(markdown(results))
     return 0
 
