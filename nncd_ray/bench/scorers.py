@@ -36,7 +36,10 @@ from nncd_ray.bench.machine import machine_info, matmul_rate, peak_rss_bytes
 from nncd_ray.data.protocols import load_protocol
 from nncd_ray.scorers import make_scorer
 from nncd_ray.scorers.lm import LMScorer
+from nncd_ray.scorers.lm.budget import pass_cost
 from nncd_ray.scorers.lm.devices import resolve_device
+from nncd_ray.scorers.lm.plan import PassCost
+from nncd_ray.scorers.lm.tile import plan_tile
 from nncd_ray.testing.tiny_models import build_tiny_model, read_text_lines
 
 
@@ -197,7 +200,9 @@ def time_planning(
     model_dir: Path, rows: Sequence[str], cols: Sequence[str], repeats: int = 3
 ) -> dict[str, Any]:
     """Best-of-``repeats`` seconds to plan the tile ``rows × cols`` (tokens already encoded)
-    on each LM path at :data:`PLAN_BUDGET`, with its passes and padded/real input tokens."""
+    on each LM path at :data:`PLAN_BUDGET`, with its passes and padded/real input tokens; and
+    the prefix-cached plan of the same tokens under the GPU cost model of each of
+    ``bench.gpu``'s model shapes (what the planner does for them on a GPU)."""
     figures: dict[str, Any] = {"rows": len(rows), "cols": len(cols), "budget": PLAN_BUDGET}
     for cached in (True, False):
         scorer = LMScorer(
@@ -205,14 +210,55 @@ def time_planning(
         )
         scorer.encode([*rows, *cols])
         seconds, tile = _best_seconds(partial(scorer.prepare, rows, cols), repeats)
-        plans = list(tile.passes) + [p for g in tile.groups for p in g.documents + g.continuations]
-        figures["prefix_cached" if cached else "naive"] = {
-            "seconds": seconds,
-            "passes": len(plans),
-            "padded_tokens": sum(p.padded_tokens for p in plans),
-            "real_tokens": sum(p.real_tokens for p in plans),
-        }
+        figures["prefix_cached" if cached else "naive"] = {"seconds": seconds, **_plan_stats(tile)}
+    ids = scorer.encode([*rows, *cols])
+    figures["gpu_cost"] = {
+        name: _plan_stats(
+            plan_tile(
+                ids[: len(rows)],
+                ids[len(rows) :],
+                bos=1,
+                eos=2,
+                pad=0,
+                path="prefix-cached",
+                budget=PLAN_BUDGET,
+                want_cols=True,
+                prefix_capacity=1 << 40,
+                cost=cost,
+            )
+        )
+        for name, cost in gpu_costs().items()
+    }
     return figures
+
+
+def gpu_costs() -> dict[str, PassCost]:
+    """The planner's GPU cost model for each of ``bench.gpu``'s shapes in bf16 (weights on the
+    meta device: only their shapes count)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from nncd_ray.bench.gpu import SHAPES
+    from nncd_ray.testing.tiny_models import model_config
+
+    costs = {}
+    for name, shape in SHAPES.items():
+        arch, shape = shape["arch"], {k: v for k, v in shape.items() if k != "arch"}
+        config = model_config(arch, vocab=50257, special_ids={}, **shape)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        costs[name] = pass_cost(model, torch.device("cuda"))
+    return costs
+
+
+def _plan_stats(tile: Any) -> dict[str, int]:
+    plans = list(tile.passes) + [p for g in tile.groups for p in g.documents + g.continuations]
+    return {
+        "passes": len(plans),
+        "padded_tokens": sum(p.padded_tokens for p in plans),
+        "real_tokens": sum(p.real_tokens for p in plans),
+        "prefix_slots": sum(p.batch * p.prefix_width for p in plans),
+    }
 
 
 def naive_gzip(rows: Sequence[str], cols: Sequence[str]) -> np.ndarray:
@@ -350,6 +396,17 @@ def format_table(result: dict[str, Any]) -> str:
             f"{plan[key]['padded_tokens'] / max(plan[key]['real_tokens'], 1) - 1:.1%}"
             for name, key in (("cached", "prefix_cached"), ("naive", "naive"))
         )
+    )
+    cpu_plan = plan["prefix_cached"]
+    rows.append(
+        "the same cached tile planned with the GPU cost model (bf16, vocabulary 50,257): "
+        + "; ".join(
+            f"{name} {fig['passes']} passes, padding "
+            f"{fig['padded_tokens'] / max(fig['real_tokens'], 1) - 1:.1%}, "
+            f"{fig['prefix_slots']:,} prefix slots"
+            for name, fig in plan["gpu_cost"].items()
+        )
+        + f" (CPU weights: {cpu_plan['prefix_slots']:,} prefix slots)"
     )
     rows += [
         f"cached / naive pairs/s: {lm['speedup_pairs_per_s']:.2f}x (target >= 1.7x); by CPU "

@@ -89,6 +89,9 @@ def test_scorers_bench(tmp_path: Path) -> None:
     # the cached path runs each row's prefix once: about half the naive path's tokens
     assert 0 < cached["real_tokens"] < 0.6 * naive["real_tokens"]
     assert cached["padded_tokens"] >= cached["real_tokens"] and cached["passes"] >= 2
+    for shape in ("gpt2-small", "llama-1.2b"):  # the same tokens, planned for a GPU
+        assert plan["gpu_cost"][shape]["real_tokens"] == cached["real_tokens"]
+        assert plan["gpu_cost"][shape]["padded_tokens"] >= cached["real_tokens"]
 
 
 @needs_agnews
