@@ -37,10 +37,12 @@ PREFIX_WEIGHT = 0.125
 # prefix slots a pass may attend to, as a multiple of its token budget (bounds the memory of the
 # gathered keys/values: per slot about a tenth of an input token's activations)
 PREFIX_SLOTS_PER_TOKEN = 4
-# fixed cost of a forward pass as a fraction of the token budget: a pass must save more padding
-# than this to be worth cutting. Large budgets are the GPU's, where launching a pass costs
-# milliseconds of host time (a quarter of a pass); at a CPU's budget of a few thousand tokens a
-# pass costs little beyond its tokens (1/32 at 8,192). In between it scales with the budget.
+# fixed cost of a forward pass as a fraction of the token budget, when the model's cost is not
+# known (the CPU's rule; a GPU scorer derives it from its model, see PassCost): a pass must save
+# more padding than this to be worth cutting. At a CPU's budget of a few thousand tokens a pass
+# costs little beyond its tokens (1/32 at 8,192); at budgets of tens of thousands it was taken
+# as a quarter of a pass. In between it scales with the budget. A model-derived cost is kept
+# within the same range.
 PASS_OVERHEAD_RANGE = (1 / 64, 1 / 4)
 PASS_OVERHEAD_SCALE = 262144
 
