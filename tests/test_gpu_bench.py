@@ -47,13 +47,14 @@ def test_gpu_profile_quick_on_cpu(tmp_path: Path) -> None:
 
     args = ["--data", str(SHARED_DATA / "agnews" / "test.csv"), "--device", "cpu"]
     args += ["--dtype", "fp32", "--quick", "--rows", "2", "--budgets", "8192"]
-    args += ["--pass-seconds", "0.002"]
+    args += ["--pass-seconds", "0.002,shape-blind"]
     assert profile_main([*args, "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "gpu_profile.json").read_text())
     figures = results["budgets"]["8192"]
     assert figures["prefix_cached"]["pairs"] == figures["naive"]["pairs"] == 2 * 16
     assert figures["prefix_cached"]["device_seconds"] > 0
     assert results["pass_seconds"]["0.002"]["prefix_cached"]["pairs"] == 2 * 16
+    assert results["pass_seconds"]["shape-blind"]["naive"]["pairs"] == 2 * 16
     assert results["gather"]["head_major_ms"] > 0 and results["gather"]["slot_major_ms"] > 0
     for path in ("prefix_cached", "naive"):
         shares = results["profile"][path]["families"]

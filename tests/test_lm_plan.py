@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from nncd_ray.data.protocols import load_protocol
 from nncd_ray.scorers.lm import LMScorer
+from nncd_ray.scorers.lm import budget as lm_budget
 from nncd_ray.scorers.lm import plan as lm_plan
 from nncd_ray.scorers.lm.budget import pass_cost
 from nncd_ray.scorers.lm.loading import embedded_model_dir
@@ -111,7 +112,10 @@ def test_gpu_cost_follows_the_model_shape() -> None:
     with pass_seconds(0.008):
         slower = pass_cost(shape("gpt2-small"), CUDA)
     assert slower.overhead_tokens == pytest.approx(4 * gpt2.overhead_tokens)
+    with pass_seconds("shape-blind"):
+        assert lm_budget.pass_cost(shape("gpt2-small"), CUDA) == DEFAULT_COST
     assert pass_cost(shape("gpt2-small"), CUDA) == gpt2
+    assert lm_budget.pass_cost(shape("gpt2-small"), CUDA) == gpt2
     # on a CPU the planner keeps the weights measured there
     assert pass_cost(shape("llama-1.2b"), torch.device("cpu")) == DEFAULT_COST
 

@@ -9,7 +9,8 @@ first tile) with, for the GPT-2-small shape of PROTOCOL.md on agnews-small:
 2. a ``torch.profiler`` trace of both paths at the default budget, its device time summed by
    kernel family (matmul, attention, softmax and cross-entropy, gathers and copies, the rest);
 3. pairs/s and passes of both paths at the default budget for several values of the planner's
-   estimated fixed cost of a pass (``budget.GPU_PASS_SECONDS``, default 2 ms), to calibrate it;
+   estimated fixed cost of a pass (``budget.GPU_PASS_SECONDS``, default 2 ms), to calibrate it,
+   and with the shape-blind weights every GPU plan used before the cost model;
 4. one layer's prefix gather of a GPT-2-small-shape continuation pass in both store layouts:
    head-major with an element-wise gather (the store of 3d26b8b, measured on the H200) and
    slot-major copied as 8-byte words (the store now).
@@ -165,22 +166,31 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-@contextmanager
-def pass_seconds(value: float) -> Iterator[None]:
-    """The planner's estimated fixed cost of a pass set to ``value`` seconds (scorers built
-    meanwhile plan with it)."""
-    from nncd_ray.scorers.lm import budget as lm_budget
+# the planner's setting that ignores the model's shape (the CPU's weights, which every GPU plan
+# used before the cost model), timed beside the pass-cost values
+SHAPE_BLIND = "shape-blind"
 
-    saved = lm_budget.GPU_PASS_SECONDS
-    lm_budget.GPU_PASS_SECONDS = value
+
+@contextmanager
+def pass_seconds(value: float | str) -> Iterator[None]:
+    """The planner's estimated fixed cost of a pass set to ``value`` seconds, or
+    :data:`SHAPE_BLIND` for the CPU's shape-blind weights (scorers built meanwhile plan so)."""
+    from nncd_ray.scorers.lm import budget as lm_budget
+    from nncd_ray.scorers.lm.plan import DEFAULT_COST
+
+    saved, saved_cost = lm_budget.GPU_PASS_SECONDS, lm_budget.pass_cost
+    if value == SHAPE_BLIND:
+        lm_budget.pass_cost = lambda model, device: DEFAULT_COST
+    else:
+        lm_budget.GPU_PASS_SECONDS = float(value)
     try:
         yield
     finally:
-        lm_budget.GPU_PASS_SECONDS = saved
+        lm_budget.GPU_PASS_SECONDS, lm_budget.pass_cost = saved, saved_cost
 
 
 def run(
-    config: GPUBenchConfig, budgets: Sequence[int], overheads: Sequence[float] = ()
+    config: GPUBenchConfig, budgets: Sequence[int], overheads: Sequence[float | str] = ()
 ) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,8 +310,9 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for value, fig in results["pass_seconds"].items():
             cached, naive = fig["prefix_cached"], fig["naive"]
+            label = value if value == SHAPE_BLIND else f"{float(value) * 1e3:g} ms"
             lines.append(
-                f"| {float(value) * 1e3:g} ms | {cached['pairs_per_second']:,.0f} | "
+                f"| {label} | {cached['pairs_per_second']:,.0f} | "
                 f"{cached['forward_passes']} | {naive['pairs_per_second']:,.0f} | "
                 f"{naive['forward_passes']} | "
                 f"{cached['pairs_per_second'] / naive['pairs_per_second']:.2f}× |"
@@ -326,9 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pass-seconds",
-        default="0.0005,0.002,0.008",
+        default=f"0.0005,0.002,0.008,{SHAPE_BLIND}",
         help="the planner's fixed cost of a pass to try at the default budget, in seconds, "
-        "comma-separated (0.0005,0.002,0.008); empty to skip",
+        f"or {SHAPE_BLIND} (the CPU's weights), comma-separated "
+        f"(0.0005,0.002,0.008,{SHAPE_BLIND}); empty to skip",
     )
     args = parser.parse_args(argv)
     config = GPUBenchConfig(
@@ -344,7 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rows is not None:
             config = replace(config, rows=args.rows)
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
-    overheads = [float(v) for v in args.pass_seconds.split(",") if v.strip()]
+    overheads: list[float | str] = [
+        v.strip() if v.strip() == SHAPE_BLIND else float(v)
+        for v in args.pass_seconds.split(",")
+        if v.strip()
+    ]
     results = run(config, budgets, overheads)
     sys.stdout.write(markdown(results))
     return 0
