@@ -39,7 +39,7 @@ import numpy as np
 if TYPE_CHECKING:
     from nncd_ray.data.corpus import Corpus
 
-from nncd_ray.bench.machine import machine_info, matmul_rate, peak_rss_bytes
+from nncd_ray.bench.machine import machine_info, matmul_rate, peak_rss_bytes, synchronize
 from nncd_ray.data.protocols import load_protocol
 from nncd_ray.scorers.lm import LMScorer
 from nncd_ray.scorers.lm.plan import PLAN_VERSION
@@ -125,13 +125,6 @@ def quick_config(config: GPUBenchConfig) -> GPUBenchConfig:
     )
 
 
-def _synchronize(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def build_models(config: GPUBenchConfig, directory: Path) -> dict[str, Path]:
     """The benchmark models (one shared tokenizer) in ``directory``."""
     data = Path(config.data).expanduser().resolve()
@@ -179,7 +172,7 @@ def time_scorer(
     ]
     pair = np.zeros((len(rows), len(cols)))
     before = dict(asdict(scorer.counters))
-    _synchronize(config.device)
+    synchronize(config.device)
     start = time.perf_counter()
     pending: list[tuple[int, int, Any]] = []
     for r, c in tiles:
@@ -192,7 +185,7 @@ def time_scorer(
     for r0, c0, done in pending:
         block = done.result().pair_bits
         pair[r0 : r0 + block.shape[0], c0 : c0 + block.shape[1]] = block
-    _synchronize(config.device)
+    synchronize(config.device)
     seconds = time.perf_counter() - start
     after = asdict(scorer.counters)
     tokens = after["model_tokens"] - before["model_tokens"]

@@ -41,6 +41,7 @@ from nncd_ray.bench.gpu import (
     quick_config,
     time_scorer,
 )
+from nncd_ray.bench.machine import synchronize
 from nncd_ray.scorers.lm import LMScorer
 
 # kernel families, first match wins (CUDA kernel names, or CPU op names on a CPU)
@@ -63,15 +64,12 @@ def family(name: str) -> str:
 
 def device_seconds(scorer: LMScorer, rows: Sequence[str], cols: Sequence[str], tile: int) -> float:
     """Seconds to run every tile of ``rows × cols``, planned before the clock starts."""
-    import torch
-
     prepared = [
         scorer.prepare(rows[r : r + tile], cols[c : c + tile])
         for r in range(0, len(rows), tile)
         for c in range(0, len(cols), tile)
     ]
-    if scorer.device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(scorer.device.type)
     start = time.perf_counter()
     pending = [scorer.launch(p) for p in prepared]
     for done in pending:
@@ -150,20 +148,13 @@ def gather_layouts(device: str, dtype: str, repeats: int = 20) -> dict[str, Any]
     figures: dict[str, Any] = {**shape, "dtype": dtype}
     for name, step in (("head_major_ms", head_major), ("slot_major_ms", slot_major)):
         step()
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(repeats):
             step()
-        _sync(device)
+        synchronize(device)
         figures[name] = (time.perf_counter() - start) / repeats * 1e3
     return figures
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 # the planner's setting that ignores the model's shape (the CPU's weights, which every GPU plan

@@ -47,10 +47,10 @@ def matmul_rate(
     times: list[float] = []
     with torch.inference_mode():
         for step in range(repeats + 2):
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             torch.mm(a, b)
-            _synchronize(device)
+            synchronize(device)
             if step >= 2:
                 times.append(time.perf_counter() - start)
     times.sort()
@@ -65,7 +65,8 @@ def matmul_rate(
     )
 
 
-def _synchronize(device: str) -> None:
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (nothing to wait for on a CPU)."""
     if device.startswith("cuda"):
         import torch
 
@@ -102,4 +103,4 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-__all__ = ["MatmulRate", "machine_info", "matmul_rate", "peak_rss_bytes"]
+__all__ = ["MatmulRate", "machine_info", "matmul_rate", "peak_rss_bytes", "synchronize"]
