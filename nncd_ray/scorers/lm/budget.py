@@ -50,13 +50,20 @@ GPU_FLOPS = 3e14
 GPU_FLOAT32_SLOWDOWN = 6.0
 
 
+def _heads(config: Any) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head width) of a transformers config."""
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 1))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // max(heads, 1))
+    return heads, kv_heads, head_dim
+
+
 def _dims(config: Any) -> tuple[int, int, int, int]:
     """(hidden, MLP width, key/value width, layers) of a transformers config."""
     hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
     inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
-    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 1))
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(config, "head_dim", None) or hidden // max(heads, 1))
+    _, kv_heads, head_dim = _heads(config)
     layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 1))
     return hidden, int(inner or 4 * hidden), kv_heads * head_dim, layers
 
@@ -92,10 +99,8 @@ def pass_cost(model: Any, device: torch.device) -> PassCost:
     """
     if device.type != "cuda":
         return DEFAULT_COST
-    config = model.config
-    hidden, _, kv, layers = _dims(config)
-    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 1))
-    head_dim = int(getattr(config, "head_dim", None) or hidden // max(heads, 1))
+    _, _, kv, layers = _dims(model.config)
+    heads, _, head_dim = _heads(model.config)
     embeddings = {id(m.weight): m.weight.numel() for m in _embedding_modules(model)}
     total = sum(p.numel() for p in model.parameters())
     per_token = 2.0 * max(total - sum(embeddings.values()), 1) / max(layers, 1)
