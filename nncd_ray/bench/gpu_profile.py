@@ -254,15 +254,17 @@ def run(
 
 
 def _brief(per_path: dict[str, Any]) -> dict[str, Any]:
-    return {
-        path: {
-            "pairs/s": round(per_path[path]["pairs_per_second"]),
-            "device pairs/s": round(per_path[path].get("device_pairs_per_second", 0.0)),
-            "passes": per_path[path]["forward_passes"],
-            "padded tokens": per_path[path]["padded_tokens"],
+    brief: dict[str, Any] = {}
+    for path in ("prefix_cached", "naive"):
+        fig = per_path[path]
+        brief[path] = {
+            "pairs/s": round(fig["pairs_per_second"]),
+            "passes": fig["forward_passes"],
+            "padded tokens": fig["padded_tokens"],
         }
-        for path in ("prefix_cached", "naive")
-    }
+        if "device_pairs_per_second" in fig:  # the budget sweep times device-only runs too
+            brief[path]["device pairs/s"] = round(fig["device_pairs_per_second"])
+    return brief
 
 
 def markdown(results: dict[str, Any]) -> str:
