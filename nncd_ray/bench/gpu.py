@@ -430,6 +430,19 @@ def bench_parser(prog: str, description: str | None, outputs: str) -> argparse.A
     return parser
 
 
+def bench_config(args: argparse.Namespace, **extra: Any) -> GPUBenchConfig:
+    """The configuration of :func:`bench_parser`'s options, plus a benchmark's own ``extra``."""
+    return GPUBenchConfig(
+        data=args.data,
+        gutenberg=args.gutenberg,
+        out=args.out,
+        device=args.device,
+        dtype=args.dtype,
+        rows=args.rows,
+        **extra,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = bench_parser("python -m nncd_ray.bench.gpu", __doc__, "gpu.json, gpu.md")
     parser.add_argument("--tile", type=int, default=128, help="tile edge (128)")
@@ -443,14 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-embedded", action="store_true", help="skip the README main job")
     args = parser.parse_args(argv)
-    config = GPUBenchConfig(
-        data=args.data,
-        gutenberg=args.gutenberg,
-        out=args.out,
-        device=args.device,
-        dtype=args.dtype,
+    config = bench_config(
+        args,
         tile=args.tile,
-        rows=args.rows,
         e2e_executor=args.e2e_executor,
         e2e_seconds=args.e2e_seconds,
         embedded=not args.no_embedded,

@@ -36,6 +36,7 @@ from typing import Any
 from nncd_ray.bench.gpu import (
     GPUBenchConfig,
     _split,
+    bench_config,
     bench_parser,
     build_models,
     quick_config,
@@ -336,14 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(0.0005,0.002,0.008,{SHAPE_BLIND}); empty to skip",
     )
     args = parser.parse_args(argv)
-    config = GPUBenchConfig(
-        data=args.data,
-        gutenberg=args.gutenberg,
-        out=args.out,
-        device=args.device,
-        dtype=args.dtype,
-        rows=args.rows,
-    )
+    config = bench_config(args)
     if args.quick:
         config = quick_config(config)
         if args.rows is not None:
