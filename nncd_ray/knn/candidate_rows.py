@@ -23,24 +23,32 @@ from nncd_ray.ncd import VARIANTS, ncd_cells
 BLOCK_BYTES = 16 << 20
 
 
+def chosen_variant(
+    reader: StoreReader, variant: str | None, *, cells: str, store: str, reversed_in: bool = False
+) -> str:
+    """The NCD variant to read ``reader``'s store with: ``variant``, else the store's own, else
+    ``ncd``; a clear error for an unknown one, or for ``ncd-min`` when the store lacks C(yx)
+    (``reversed_in``: the store holds C(yx) in its own cells, as a square one does). ``cells``
+    and ``store`` name the store's cells and kind in that error."""
+    stored = reader.store.variant
+    chosen = str(variant or stored or "ncd")
+    if chosen not in VARIANTS:
+        raise ConfigError(f"unknown NCD variant {chosen!r}; choose one of: {', '.join(VARIANTS)}")
+    if chosen == "ncd-min" and not reversed_in and not reader.has("pair_bits_reversed"):
+        raise ConfigError(
+            f"variant ncd-min needs C(yx) for every {cells}, and the {store} store "
+            f"{reader.url} was computed for {stored!r} without pair_bits_reversed; use "
+            "--variant ncd or recompute the matrix with --variant ncd-min"
+        )
+    return chosen
+
+
 class CandidateRows:
     """The ``NCDRows`` of a sparse store (see the module docstring)."""
 
     def __init__(self, reader: StoreReader, variant: str | None) -> None:
-        stored = reader.store.variant
-        chosen = str(variant or stored or "ncd")
-        if chosen not in VARIANTS:
-            raise ConfigError(
-                f"unknown NCD variant {chosen!r}; choose one of: {', '.join(VARIANTS)}"
-            )
-        if chosen == "ncd-min" and not reader.has("pair_bits_reversed"):
-            raise ConfigError(
-                f"variant ncd-min needs C(yx) for every candidate, and the sparse store "
-                f"{reader.url} was computed for {stored!r} without pair_bits_reversed; use "
-                "--variant ncd or recompute the matrix with --variant ncd-min"
-            )
         self.reader = reader
-        self.variant = chosen
+        self.variant = chosen_variant(reader, variant, cells="candidate", store="sparse")
         # references (columns of the dense matrix) and candidates per query
         self.n_refs = reader.store.n_refs
         self.n_candidates = reader.n_cols
@@ -114,4 +122,4 @@ class CandidateRows:
         return block
 
 
-__all__ = ["CandidateRows"]
+__all__ = ["CandidateRows", "chosen_variant"]

@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 
 from nncd_ray.errors import ConfigError, IncompleteMatrix, InputError
 from nncd_ray.knn.accumulator import KNNAccumulator
-from nncd_ray.knn.candidate_rows import CandidateRows
+from nncd_ray.knn.candidate_rows import CandidateRows, chosen_variant
 from nncd_ray.knn.compression import compression_summary
 from nncd_ray.knn.labels import LabelCodec
 from nncd_ray.knn.mutual_proximity import (
@@ -53,7 +53,7 @@ from nncd_ray.knn.report import EvaluationReport
 from nncd_ray.matrix.store.matrix_store import MatrixStore
 from nncd_ray.matrix.store.reader import StoreReader
 from nncd_ray.matrix.store.storage_errors import store_errors
-from nncd_ray.ncd import VARIANTS, ncd_matrix
+from nncd_ray.ncd import ncd_matrix
 
 # default memory budget of one float64 block of distances; NCD and k-NN hold up to ~10 such
 # temporaries at once, so the working set is about 10 × BLOCK_BYTES
@@ -86,20 +86,10 @@ class NCDRows:
     """NCD of a store's rows against its columns under one variant, block by block."""
 
     def __init__(self, reader: StoreReader, variant: str | None) -> None:
-        stored = reader.store.variant
-        chosen = str(variant or stored or "ncd")
-        if chosen not in VARIANTS:
-            raise ConfigError(
-                f"unknown NCD variant {chosen!r}; choose one of: {', '.join(VARIANTS)}"
-            )
-        if chosen == "ncd-min" and not reader.square and not reader.has("pair_bits_reversed"):
-            raise ConfigError(
-                f"variant ncd-min needs C(yx) for every pair, and the rectangular store "
-                f"{reader.url} was computed for {stored!r} without pair_bits_reversed; use "
-                "--variant ncd or recompute the matrix with --variant ncd-min"
-            )
         self.reader = reader
-        self.variant = chosen
+        self.variant = chosen_variant(
+            reader, variant, cells="pair", store="rectangular", reversed_in=reader.square
+        )
 
     def complete_rows(self) -> NDArray[np.bool_]:
         """``(n_rows,) bool``: rows whose every needed tile is done (for square ``ncd-min`` also
