@@ -128,6 +128,19 @@ def create_document_arrays(group: zarr.Group, side: str, corpus: Corpus, tile: i
     write_documents(group, side, corpus, tile, created=True)
 
 
+def create_tiles_done(group: zarr.Group, plan: TilePlan) -> None:
+    """``tiles_done``: one bool per tile of ``plan``, each its own chunk (a worker marks it)."""
+    new_array(
+        group,
+        "tiles_done",
+        shape=plan.grid,
+        chunks=(1, 1),
+        dtype="bool",
+        dims=TILE_DIMS,
+        fill_value=False,
+    )
+
+
 def write_documents(
     group: zarr.Group, side: str, corpus: Corpus, tile: int, *, created: bool
 ) -> None:

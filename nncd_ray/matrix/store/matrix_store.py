@@ -29,9 +29,9 @@ from nncd_ray.matrix.store.layout import (
     DENSE,
     FORMAT,
     ROW_DIM,
-    TILE_DIMS,
     coordinate_names,
     create_document_arrays,
+    create_tiles_done,
     document_bytes,
     empty_progress,
     label_array,
@@ -283,15 +283,7 @@ class MatrixStore:
             )
         for side, corpus in sides.items():
             create_document_arrays(group, side, corpus, plan.tile)
-        new_array(
-            group,
-            "tiles_done",
-            shape=plan.grid,
-            chunks=(1, 1),
-            dtype="bool",
-            dims=TILE_DIMS,
-            fill_value=False,
-        )
+        create_tiles_done(group, plan)
         # the format attribute goes last: a store whose creation was interrupted has none
         group.attrs.update(
             {

@@ -46,9 +46,9 @@ from nncd_ray.matrix.store.fingerprint import fingerprint_differences, software_
 from nncd_ray.matrix.store.layout import (
     FORMAT,
     ROW_DIM,
-    TILE_DIMS,
     coordinate_names,
     create_document_arrays,
+    create_tiles_done,
     empty_progress,
     new_array,
 )
@@ -189,15 +189,7 @@ class SparseStore:
         )
         create_document_arrays(group, "row", rows, plan.tile)
         create_document_arrays(group, "col", cols, plan.tile)
-        new_array(
-            group,
-            "tiles_done",
-            shape=plan.grid,
-            chunks=(1, 1),
-            dtype="bool",
-            dims=TILE_DIMS,
-            fill_value=False,
-        )
+        create_tiles_done(group, plan)
         group.attrs.update(
             {
                 "variant": variant,
