@@ -142,49 +142,50 @@ class _Verifier:
         """One value per document (``row_bits``, ``col_scored_bytes`` …), chunk = one tile. A bad
         chunk is blamed on the first done tile of its band: recomputing any tile of the band
         rewrites the whole chunk."""
-        array = self.store.array(name)
         n = self.plan.n_rows if axis == 0 else self.plan.n_cols
-        try:
-            whole: NDArray[Any] | None = read_cells(array, (slice(0, n),))
-        except UndecodableChunk:
-            whole = None
+        owners: list[tuple[slice, tuple[int, int]]] = []
         for band, part in _bands(n, self.plan.tile):
             done = np.flatnonzero(self.mask[band] if axis == 0 else self.mask[:, band])
-            if not done.size:
-                continue
-            first = int(done[0])
-            where = (band, first) if axis == 0 else (first, band)
-            try:
-                values = whole[part] if whole is not None else read_cells(array, (part,))
-            except UndecodableChunk as exc:
-                self.add(*where, name, str(exc))
-                continue
-            reason = check(values, part)
-            if reason is not None:
-                self.add(*where, name, reason)
+            if done.size:
+                first = int(done[0])
+                owners.append((part, (band, first) if axis == 0 else (first, band)))
+        self._check_bands(name, n, owners, check)
 
     def owned_vector(self, name: str, check: Callable[[NDArray[Any], slice], str | None]) -> None:
         """A sparse store's ``col_bits`` / ``col_scored_bytes``: one value per reference, each
         column band written by its owner tile (:func:`column_band_owner`), which a bad chunk
         is blamed on."""
-        array = self.store.array(name)
         n = self.store.n_refs
+        owners = []
+        for band, part in _bands(n, self.plan.tile):
+            owner = column_band_owner(self.plan.grid, band)
+            if self.mask[owner]:
+                owners.append((part, owner))
+        self._check_bands(name, n, owners, check)
+
+    def _check_bands(
+        self,
+        name: str,
+        n: int,
+        owners: list[tuple[slice, tuple[int, int]]],
+        check: Callable[[NDArray[Any], slice], str | None],
+    ) -> None:
+        """Check the bands ``part`` of vector ``name`` (length ``n``), each blamed on its tile
+        ``(row, col)``: read whole when it decodes, else band by band."""
+        array = self.store.array(name)
         try:
             whole: NDArray[Any] | None = read_cells(array, (slice(0, n),))
         except UndecodableChunk:
             whole = None
-        for band, part in _bands(n, self.plan.tile):
-            owner = column_band_owner(self.plan.grid, band)
-            if not self.mask[owner]:
-                continue
+        for part, (row, col) in owners:
             try:
                 values = whole[part] if whole is not None else read_cells(array, (part,))
             except UndecodableChunk as exc:
-                self.add(*owner, name, str(exc))
+                self.add(row, col, name, str(exc))
                 continue
             reason = check(values, part)
             if reason is not None:
-                self.add(*owner, name, reason)
+                self.add(row, col, name, reason)
 
     def candidates(self) -> None:
         """A sparse store's ``candidates`` chunk of each done tile: decodes, and names distinct
