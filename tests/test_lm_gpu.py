@@ -4,6 +4,7 @@ What they show, on tiny random models of every family built locally:
 - CUDA float32 equals CPU float32 within 1e-3 bits (every family, both paths);
 - CUDA bf16 (weights; logits and log-softmax in float32) within 0.5% of CPU float32;
 - a tile's passes never synchronise with the host (CUDA's sync debug mode set to "error");
+- a tile's attention runs in the kernels the scorer allows, never cuDNN's (a plan per shape);
 - a real out-of-memory error halves the token budget and the tile still equals the CPU's;
 - cross-row batches equal one item per pass on CUDA;
 - a Ray actor pinned to the GPU computes a store equal to the CPU's.
@@ -11,6 +12,7 @@ What they show, on tiny random models of every family built locally:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +73,11 @@ def test_cuda_bf16_close_to_cpu_fp32(models: dict[str, Path], arch: str) -> None
     cpu = LMScorer(str(models[arch]), device="cpu", dtype="fp32")
     gpu = LMScorer(str(models[arch]), device="cuda", dtype="bf16")
     assert gpu.fingerprint()["batch_plan"]["device"].startswith("cuda:")
+    assert gpu.fingerprint()["batch_plan"]["attention_kernels"] == [
+        "FLASH_ATTENTION",
+        "EFFICIENT_ATTENTION",
+        "MATH",
+    ]
     reference, half = cpu.score_tile(ROWS, COLS).pair_bits, gpu.score_tile(ROWS, COLS).pair_bits
     assert float(np.max(np.abs(half - reference) / reference)) <= BF16_RELATIVE
 
@@ -85,6 +92,19 @@ def test_no_host_sync_inside_a_tile(models: dict[str, Path], arch: str) -> None:
     torch.cuda.set_sync_debug_mode(0)
     tile = pending.result()
     assert scorer.counters.forward_passes > 2 and np.isfinite(tile.pair_bits).all()
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix-cached", "naive"])
+def test_attention_runs_in_the_allowed_kernels(models: dict[str, Path], prefix_cache: bool) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    scorer = LMScorer(str(models["llama"]), device="cuda", dtype="bf16", prefix_cache=prefix_cache)
+    scorer.score_tile(ROWS[:1], COLS[:2])
+    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+        scorer.score_tile(ROWS, COLS)
+    names = [event.key.lower() for event in trace.key_averages()]
+    assert not [name for name in names if "cudnn" in name]
+    assert [name for name in names if re.search(r"fmha|flash|mem_eff|attention", name)]
 
 
 def test_real_out_of_memory_halves_the_budget(tmp_path: Path) -> None:

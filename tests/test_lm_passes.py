@@ -15,6 +15,7 @@ from nncd_ray.data.protocols import load_protocol
 from nncd_ray.errors import ConfigError
 from nncd_ray.scorers.lm import LMScorer
 from nncd_ray.scorers.lm import passes as lm_passes
+from nncd_ray.scorers.lm.devices import attention_kernels
 from nncd_ray.scorers.lm.loading import embedded_model_dir
 from nncd_ray.testing.tiny_models import build_tiny_model
 
@@ -227,3 +228,15 @@ def test_prefix_layer_gathers_whole_words(dtype: torch.dtype) -> None:
     assert layer.get_seq_length() == width
     with pytest.raises(ValueError, match="do not fit"):
         layer.update(*(torch.zeros(len(pick), heads, room + 1, dim, dtype=dtype),) * 2)
+
+
+def test_cuda_attention_kernels_leave_out_cudnn_and_restore_torchs_choice() -> None:
+    cuda = torch.backends.cuda
+    before = (cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled())
+    with attention_kernels(torch.device("cuda")):
+        assert not cuda.cudnn_sdp_enabled()
+        assert cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled()
+    after = (cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled())
+    assert after == before
+    with attention_kernels(torch.device("cpu")):  # nothing to choose on a CPU
+        assert cuda.cudnn_sdp_enabled() == before[0]

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 from nncd_ray.bench.machine import machine_info, matmul_rate, peak_rss_bytes, synchronize
 from nncd_ray.data.protocols import load_protocol
-from nncd_ray.scorers.lm import LMScorer
+from nncd_ray.scorers.lm import LMScorer, devices
 from nncd_ray.scorers.lm.plan import PLAN_VERSION
 from nncd_ray.testing.tiny_models import build_tiny_model, read_text_lines
 
@@ -324,6 +324,8 @@ def run(config: GPUBenchConfig) -> dict[str, Any]:
         "bf16_peak_flops_per_second": peak.flops_per_s,
         # the batch planner's rules the figures were measured with
         "planner": PLAN_VERSION,
+        # the SDPA kernels the scorer's forward passes may use on CUDA (None: torch's choice)
+        "attention_kernels": devices.CUDA_ATTENTION_KERNELS,
         "models": {},
     }
     queries, refs = _split("agnews-small", config.data)

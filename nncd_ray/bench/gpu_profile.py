@@ -181,9 +181,53 @@ def pass_seconds(value: float | str) -> Iterator[None]:
         lm_budget.GPU_PASS_SECONDS, lm_budget.pass_cost = saved, saved_cost
 
 
+def both_paths(
+    model: Path, rows: Sequence[str], cols: Sequence[str], config: GPUBenchConfig
+) -> dict[str, Any]:
+    """Both paths over ``rows × cols``: pairs/s as ``bench.gpu`` times them (a fresh scorer, its
+    tiles planned while the device runs the one before), then the device-only pairs/s of the same
+    tiles planned beforehand, run again (shapes the process has seen)."""
+    per_path: dict[str, Any] = {}
+    for cached in (True, False):
+        timed, _ = time_scorer(model, rows, cols, config, cached=cached)
+        scorer = LMScorer(
+            str(model),
+            device=config.device,
+            dtype=config.dtype,
+            token_budget=config.token_budget,
+            prefix_cache=cached,
+        )
+        scorer.score_tile(rows[:2], cols[:4])
+        seconds = device_seconds(scorer, rows, cols, config.tile)
+        timed["device_seconds"] = seconds
+        timed["device_pairs_per_second"] = len(rows) * len(cols) / seconds
+        per_path["prefix_cached" if cached else "naive"] = timed
+    for prefix, key in (("", "pairs_per_second"), ("device_", "device_pairs_per_second")):
+        per_path[f"{prefix}cached_over_naive"] = (
+            per_path["prefix_cached"][key] / per_path["naive"][key]
+        )
+    return per_path
+
+
+@contextmanager
+def attention_kernels(kernels: tuple[str, ...] | None) -> Iterator[None]:
+    """The SDPA kernels the scorer allows on CUDA set to ``kernels`` (None: torch's choice,
+    cuDNN attention included)."""
+    from nncd_ray.scorers.lm import devices
+
+    saved = devices.CUDA_ATTENTION_KERNELS
+    devices.CUDA_ATTENTION_KERNELS = kernels
+    try:
+        yield
+    finally:
+        devices.CUDA_ATTENTION_KERNELS = saved
+
+
 def run(
     config: GPUBenchConfig, budgets: Sequence[int], overheads: Sequence[float | str] = ()
 ) -> dict[str, Any]:
+    from nncd_ray.scorers.lm import devices
+
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     queries, refs = _split("agnews-small", config.data)
@@ -192,10 +236,17 @@ def run(
         cols = cols[:16]
     results: dict[str, Any] = {
         "device": config.device,
+        "attention_kernels": devices.CUDA_ATTENTION_KERNELS,
         "budgets": {},
+        "torch_attention_choice": {},
         "pass_seconds": {},
         "profile": {},
     }
+
+    def save(label: str, per_path: dict[str, Any]) -> None:
+        print(f"{label}: {json.dumps(_brief(per_path))}", file=sys.stderr)
+        (out / "gpu_profile.json").write_text(json.dumps(results, indent=2) + "\n")
+
     results["gather"] = gather_layouts(
         config.device, config.dtype, repeats=3 if config.quick else 20
     )
@@ -203,45 +254,19 @@ def run(
     with tempfile.TemporaryDirectory(prefix="bench-gpu-profile-") as scratch:
         model = build_models(replace(config, shapes=("gpt2-small",)), Path(scratch))["gpt2-small"]
         for budget in budgets:
-            per_path: dict[str, Any] = {}
-            for cached in (True, False):
-                timed, _ = time_scorer(
-                    model, rows, cols, replace(config, token_budget=budget), cached=cached
-                )
-                scorer = LMScorer(
-                    str(model),
-                    device=config.device,
-                    dtype=config.dtype,
-                    token_budget=budget,
-                    prefix_cache=cached,
-                )
-                scorer.score_tile(rows[:2], cols[:4])
-                seconds = device_seconds(scorer, rows, cols, config.tile)
-                timed["device_seconds"] = seconds
-                timed["device_pairs_per_second"] = len(rows) * len(cols) / seconds
-                per_path["prefix_cached" if cached else "naive"] = timed
-            per_path["cached_over_naive"] = (
-                per_path["prefix_cached"]["pairs_per_second"]
-                / per_path["naive"]["pairs_per_second"]
-            )
-            per_path["device_cached_over_naive"] = (
-                per_path["prefix_cached"]["device_pairs_per_second"]
-                / per_path["naive"]["device_pairs_per_second"]
-            )
+            per_path = both_paths(model, rows, cols, replace(config, token_budget=budget))
             results["budgets"][str(budget)] = per_path
-            print(f"budget {budget}: {json.dumps(_brief(per_path))}", file=sys.stderr)
-            (out / "gpu_profile.json").write_text(json.dumps(results, indent=2) + "\n")
+            save(f"budget {budget}", per_path)
+        # the same at the default budget with torch's own choice of attention kernels (cuDNN's
+        # included), after the runs above, which never built a cuDNN plan
+        if devices.CUDA_ATTENTION_KERNELS is not None and config.device == "cuda":
+            with attention_kernels(None):
+                results["torch_attention_choice"] = both_paths(model, rows, cols, config)
+            save("torch's attention kernels", results["torch_attention_choice"])
         for value in overheads:
             with pass_seconds(value):
-                timed_paths = {
-                    "prefix_cached" if cached else "naive": time_scorer(
-                        model, rows, cols, config, cached=cached
-                    )[0]
-                    for cached in (True, False)
-                }
-            results["pass_seconds"][str(value)] = timed_paths
-            print(f"pass seconds {value}: {json.dumps(_brief(timed_paths))}", file=sys.stderr)
-            (out / "gpu_profile.json").write_text(json.dumps(results, indent=2) + "\n")
+                results["pass_seconds"][str(value)] = both_paths(model, rows, cols, config)
+            save(f"pass seconds {value}", results["pass_seconds"][str(value)])
         for cached in (True, False):
             scorer = LMScorer(
                 str(model), device=config.device, dtype=config.dtype, prefix_cache=cached
@@ -295,21 +320,34 @@ def markdown(results: dict[str, Any]) -> str:
             + " | ".join(f"{s:.0%}" for s in shares)
             + f" | {other:.0%} |"
         )
-    if results.get("pass_seconds"):
+    # the default budget's run, the same with torch's attention kernels, the pass-cost values
+    sweep: list[tuple[str, str, dict[str, Any]]] = []
+    if results.get("torch_attention_choice"):
+        sweep.append(("torch's choice (cuDNN too)", "default", results["torch_attention_choice"]))
+    for value, fig in results.get("pass_seconds", {}).items():
+        label = value if value == SHAPE_BLIND else f"{float(value) * 1e3:g} ms"
+        sweep.append(("allowed", label, fig))
+    if sweep:
+        budget = str(sweep[0][2]["prefix_cached"]["token_budget"])
+        if budget in results["budgets"]:
+            sweep.insert(0, ("allowed", "default", results["budgets"][budget]))
         lines += [
             "",
-            "| planner's pass cost | cached pairs/s | passes | naive pairs/s | passes | "
-            "cached / naive |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "attention kernels allowed: " + ", ".join(results.get("attention_kernels") or ["all"]),
+            "",
+            "| attention kernels | planner's pass cost | cached pairs/s | passes | naive pairs/s | "
+            "passes | cached / naive | device-only: cached | naive | cached / naive |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for value, fig in results["pass_seconds"].items():
+        for kernels, label, fig in sweep:
             cached, naive = fig["prefix_cached"], fig["naive"]
-            label = value if value == SHAPE_BLIND else f"{float(value) * 1e3:g} ms"
             lines.append(
-                f"| {label} | {cached['pairs_per_second']:,.0f} | "
+                f"| {kernels} | {label} | {cached['pairs_per_second']:,.0f} | "
                 f"{cached['forward_passes']} | {naive['pairs_per_second']:,.0f} | "
-                f"{naive['forward_passes']} | "
-                f"{cached['pairs_per_second'] / naive['pairs_per_second']:.2f}× |"
+                f"{naive['forward_passes']} | {fig['cached_over_naive']:.2f}× | "
+                f"{cached['device_pairs_per_second']:,.0f} | "
+                f"{naive['device_pairs_per_second']:,.0f} | "
+                f"{fig['device_cached_over_naive']:.2f}× |"
             )
     if "gather" in results:
         gather = results["gather"]

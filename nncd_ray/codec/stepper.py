@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nncd_ray.scorers.lm.devices import attention_kernels
 from nncd_ray.scorers.lm.loading import cache_argument, output_cache
 
 if TYPE_CHECKING:
@@ -104,7 +105,8 @@ class LaneStepper:
         ids = torch.from_numpy(np.concatenate([bos, prefix], axis=1)).to(self.device)
         extra = {"logits_to_keep": 1} if self._keep_last else {}
         mask = torch.ones_like(ids)
-        out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **extra)
+        with attention_kernels(self.device):
+            out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **extra)
         self._cache = output_cache(out)
         self._cache_len = ids.shape[1]
         return self._log_probs(out.logits)
@@ -124,12 +126,13 @@ class LaneStepper:
             return self._fresh(np.stack(list(self._recent), axis=1))
         ids = torch.from_numpy(step.reshape(self.lanes, 1)).to(self.device)
         mask = torch.ones((self.lanes, self._cache_len + 1), dtype=torch.int64, device=self.device)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            use_cache=True,
-            **{self._cache_argument: self._cache},
-        )
+        with attention_kernels(self.device):  # one new key length per step
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                use_cache=True,
+                **{self._cache_argument: self._cache},
+            )
         self._cache = output_cache(out)
         self._cache_len += 1
         return self._log_probs(out.logits)

@@ -26,6 +26,7 @@ from nncd_ray.scorers.lm.attention import (
     capture_cache,
     prefix_cache,
 )
+from nncd_ray.scorers.lm.devices import attention_kernels
 from nncd_ray.scorers.lm.head import (
     HeadRequest,
     ScoringHead,
@@ -227,12 +228,14 @@ class PassRunner:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         head = self.head
         if head is None:  # no scoring head: full logits from the model, gathered after
-            logits = self.model(**kwargs).logits
+            with attention_kernels(self.device):
+                logits = self.model(**kwargs).logits
             flat = logits.reshape(-1, logits.shape[-1])
             return _chunked_nll(flat, request, gather=True)
         head.request, head.result = request, None
         try:
-            output = self.model(**kwargs)
+            with attention_kernels(self.device):
+                output = self.model(**kwargs)
             if head.fused:
                 if head.result is None:
                     raise RuntimeError("the scoring head was not called by the model's forward")

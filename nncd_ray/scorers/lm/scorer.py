@@ -244,7 +244,8 @@ class LMScorer(BaseScorer):
         (≤ 1e-4 bits measured). In bf16/fp16 the rounding of the model's body depends on the
         shapes of the batches a pair is scored in (up to ~0.7 bits on the embedded model), so the
         batch plan is part of the fingerprint: path, token budget, planner version and device
-        kind; a store then never mixes tiles planned differently.
+        kind (and on CUDA the attention kernels allowed); a store then never mixes tiles planned
+        differently.
         """
         fingerprint: dict[str, Any] = {
             "compressor": self.name,
@@ -265,6 +266,11 @@ class LMScorer(BaseScorer):
                 "planner": PLAN_VERSION,
                 "device": device_kind(self.device),
             }
+            if self.device.type == "cuda":  # another attention kernel rounds differently
+                from nncd_ray.scorers.lm.devices import CUDA_ATTENTION_KERNELS
+
+                kernels = CUDA_ATTENTION_KERNELS
+                fingerprint["batch_plan"]["attention_kernels"] = kernels and list(kernels)
         return fingerprint
 
     def document_bits(self, texts: Sequence[str]) -> NDArray[np.float64]:
