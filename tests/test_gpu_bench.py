@@ -56,6 +56,11 @@ def test_gpu_profile_quick_on_cpu(tmp_path: Path) -> None:
     assert results["pass_seconds"]["0.002"]["prefix_cached"]["pairs"] == 2 * 16
     assert results["pass_seconds"]["shape-blind"]["naive"]["pairs"] == 2 * 16
     assert results["gather"]["head_major_ms"] > 0 and results["gather"]["slot_major_ms"] > 0
+    assert [(r["vocab"], r["columns"]) for r in results["head"]][:2] == [
+        (50257, 50257),
+        (50257, 50304),
+    ]
+    assert all(r["matmul_ms"] > 0 and r["with_cross_entropy_ms"] > 0 for r in results["head"])
     for path in ("prefix_cached", "naive"):
         shares = results["profile"][path]["families"]
         assert abs(sum(v["share"] for v in shares.values()) - 1.0) < 1e-9

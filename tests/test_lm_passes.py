@@ -240,3 +240,27 @@ def test_cuda_attention_kernels_leave_out_cudnn_and_restore_torchs_choice() -> N
     assert after == before
     with attention_kernels(torch.device("cpu")):  # nothing to choose on a CPU
         assert cuda.cudnn_sdp_enabled() == before[0]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma2"])  # gemma2: soft-capped, logits go back
+@pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix-cached", "naive"])
+def test_a_padded_head_gives_the_vocabularys_code_lengths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str, prefix_cache: bool
+) -> None:
+    """The GPU's head padded to a multiple of 128 columns (here forced on the CPU) scores the
+    model's own vocabulary: the padding's zero rows never enter a −ln p."""
+    from nncd_ray.scorers.lm import head as lm_head
+
+    model = build_tiny_model(tmp_path, arch=arch, vocab_size=300, n_layer=2)  # type: ignore[arg-type]
+    plain = LMScorer(str(model), device="cpu", dtype="fp32", prefix_cache=prefix_cache)
+    monkeypatch.setattr(lm_head, "PADDED_HEAD_DEVICES", ("cuda", "cpu"))
+    padded = LMScorer(str(model), device="cpu", dtype="fp32", prefix_cache=prefix_cache)
+    assert plain.head is not None and padded.head is not None
+    vocab = padded.head.vocab
+    assert vocab % lm_head.HEAD_COLUMN_MULTIPLE and plain.head._padded is None
+    assert padded.head._padded is not None
+    assert padded.head._padded[0].shape[0] == -(-vocab // 128) * 128
+    assert padded.head.fused == (arch == "gpt2")
+    expected, got = plain.score_tile(ROWS, COLS), padded.score_tile(ROWS, COLS)
+    for field in ("row_bits", "col_bits", "pair_bits"):
+        np.testing.assert_allclose(getattr(got, field), getattr(expected, field), atol=1e-4)

@@ -9,11 +9,15 @@ first tile) with, for the GPT-2-small shape of PROTOCOL.md on agnews-small:
 2. a ``torch.profiler`` trace of both paths at the default budget, its device time summed by
    kernel family (matmul, attention, softmax and cross-entropy, gathers and copies, the rest);
 3. pairs/s and passes of both paths at the default budget for several values of the planner's
-   estimated fixed cost of a pass (``budget.GPU_PASS_SECONDS``, default 2 ms), to calibrate it,
+   estimated fixed cost of a pass (``budget.GPU_PASS_SECONDS``, default 8 ms), to calibrate it,
    and with the shape-blind weights every GPU plan used before the cost model;
 4. one layer's prefix gather of a GPT-2-small-shape continuation pass in both store layouts:
    head-major with an element-wise gather (the store of 3d26b8b, measured on the H200) and
-   slot-major copied as 8-byte words (the store now).
+   slot-major copied as 8-byte words (the store now);
+5. the output layer's matmul (32,768 scored positions) at the vocabulary's own width of 50,257
+   and padded to a multiple of 128 columns, as the scorer pads it on a GPU;
+6. at the default budget, the same as 1. with torch's own choice of attention kernels (cuDNN's
+   included), beside the kernels the scorer allows.
 
     python -m nncd_ray.bench.gpu_profile --data DATA/agnews/test.csv --gutenberg DATA/gutenberg
 
@@ -118,6 +122,51 @@ GATHER_SHAPE = {
     "width": 55,
     "new": 45,
 }
+
+
+# the output layer of a pass: scored positions × hidden, by hidden × vocabulary (GPT-2's 50,257
+# and the Llama-1.2B shape's hidden width, whose bench vocabulary is GPT-2's too)
+HEAD_SHAPES = ((768, 50257), (2048, 50257))
+
+
+def head_matmul(device: str, dtype: str, rows: int = 32768, repeats: int = 20) -> list[Any]:
+    """Milliseconds of the head's float32-output matmul (the scorer's on this device) at the
+    vocabulary's own width and padded to ``HEAD_COLUMN_MULTIPLE``, then with the cross-entropy."""
+    import torch
+    import torch.nn.functional as F
+
+    from nncd_ray.scorers.lm.head import HEAD_COLUMN_MULTIPLE, half_output_float_supported
+
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    half_float = half_output_float_supported(torch.device(device), torch_dtype)
+    targets = torch.zeros(rows, dtype=torch.long, device=device)
+    figures = []
+    for hidden, vocab in HEAD_SHAPES:
+        h = torch.randn(rows, hidden, device=device).to(torch_dtype)
+        padded = -(-vocab // HEAD_COLUMN_MULTIPLE) * HEAD_COLUMN_MULTIPLE
+        for columns in (vocab, padded):
+            w = torch.randn(columns, hidden, device=device).to(torch_dtype)
+
+            def logits(h: torch.Tensor = h, w: torch.Tensor = w) -> torch.Tensor:
+                if half_float:
+                    return torch.mm(h, w.t(), out_dtype=torch.float32)
+                return F.linear(h.float(), w.float())
+
+            def with_loss(h: torch.Tensor = h, w: torch.Tensor = w) -> torch.Tensor:
+                return F.cross_entropy(logits(h, w), targets, reduction="none")
+
+            row: dict[str, Any] = {"hidden": hidden, "vocab": vocab, "columns": columns}
+            for name, step in (("matmul_ms", logits), ("with_cross_entropy_ms", with_loss)):
+                step()
+                synchronize(device)
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    step()
+                synchronize(device)
+                row[name] = (time.perf_counter() - start) / repeats * 1e3
+            row["matmul_tflops"] = 2 * rows * hidden * columns / row["matmul_ms"] / 1e9
+            figures.append(row)
+    return figures
 
 
 def gather_layouts(device: str, dtype: str, repeats: int = 20) -> dict[str, Any]:
@@ -251,6 +300,13 @@ def run(
         config.device, config.dtype, repeats=3 if config.quick else 20
     )
     print(f"prefix gather: {json.dumps(results['gather'])}", file=sys.stderr)
+    results["head"] = head_matmul(
+        config.device,
+        config.dtype,
+        rows=1024 if config.quick else 32768,
+        repeats=2 if config.quick else 20,
+    )
+    print(f"head: {json.dumps(results['head'])}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-gpu-profile-") as scratch:
         model = build_models(replace(config, shapes=("gpt2-small",)), Path(scratch))["gpt2-small"]
         for budget in budgets:
@@ -357,6 +413,18 @@ def markdown(results: dict[str, Any]) -> str:
             f"{gather['new']} slots, {gather['dtype']}): head-major {gather['head_major_ms']:.3f} "
             f"ms, slot-major words {gather['slot_major_ms']:.3f} ms",
         ]
+    if results.get("head"):
+        lines += [
+            "",
+            "| head: hidden × vocabulary | columns | matmul ms | TFLOP/s | with cross-entropy ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for row in results["head"]:
+            lines.append(
+                f"| {row['hidden']} × {row['vocab']:,} | {row['columns']:,} | "
+                f"{row['matmul_ms']:.2f} | {row['matmul_tflops']:.1f} | "
+                f"{row['with_cross_entropy_ms']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -369,10 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pass-seconds",
-        default=f"0.0005,0.002,0.008,{SHAPE_BLIND}",
+        default=f"0.002,0.032,{SHAPE_BLIND}",
         help="the planner's fixed cost of a pass to try at the default budget, in seconds, "
         f"or {SHAPE_BLIND} (the CPU's weights), comma-separated "
-        f"(0.0005,0.002,0.008,{SHAPE_BLIND}); empty to skip",
+        f"(0.002,0.032,{SHAPE_BLIND}); empty to skip",
     )
     args = parser.parse_args(argv)
     config = bench_config(args)

@@ -32,20 +32,24 @@ PREFIX_MEMORY_SHARE = 0.2
 CPU_PREFIX_BYTES = 1 << 30
 
 
-# The planner's cost model on a GPU (``pass_cost``), from estimates, not measurements:
+# The planner's cost model on a GPU (``pass_cost``), from estimates, the fixed cost of a pass
+# then chosen among measured values:
 # - arithmetic per byte of memory traffic, to weigh a gathered prefix slot (bytes) against a
 #   token's projections and MLP (FLOPs): an H100/H200 does about 990 dense bf16 TFLOP/s over
 #   3.4-4.8 TB/s of HBM (200-300 FLOP per byte; a gather reaches less than peak bandwidth).
 #   With 200 the GPT-2-small shape's slot weighs 0.13 tokens, the weight the planner gave
 #   every model before it knew their shapes;
-# - the fixed cost of a pass (launching its kernels, their tails, the host's share the device
-#   does not hide), about 2 ms, and the rate the device runs a model at meanwhile: 300 TFLOP/s
-#   in half precision (40% of the bf16 peak), 50 TFLOP/s in float32 (no TF32 by default);
-#   a pass is cut only where it saves more padding than that.
+# - the fixed cost of a pass (launching its kernels, their tails, a small pass's idle share of
+#   the device), 8 ms, and the rate the device runs a model at meanwhile: 300 TFLOP/s in half
+#   precision (40% of the bf16 peak), 50 TFLOP/s in float32 (no TF32 by default); a pass is
+#   cut only where it saves more padding than that. Of 0.5, 2 and 8 ms (and the CPU's
+#   shape-blind weights), 8 ms planned the fastest device-only tiles of the GPT-2-small shape
+#   in ``bench.gpu_profile`` on an H100 (11,172 pairs/s in 42 passes against 10,885 in 63 at
+#   2 ms and 9,851 in 115 at 0.5 ms; docs/bench/gpu-profile-h100.json);
 # In float32 the arithmetic rate is a sixth (the bandwidth the same), so both weights shrink.
 # On a CPU the planner keeps the weights measured there (``plan.DEFAULT_COST``).
 GPU_FLOPS_PER_BYTE = 200.0
-GPU_PASS_SECONDS = 2e-3
+GPU_PASS_SECONDS = 8e-3
 GPU_FLOPS = 3e14
 GPU_FLOAT32_SLOWDOWN = 6.0
 

@@ -29,7 +29,7 @@ IntArray = NDArray[np.int64]
 
 # names the planner's rules below: in half precision the batches a pair is scored in change its
 # code length by rounding, so a store records this with its token budget (see LMScorer)
-PLAN_VERSION = "cost-model-dp/3"
+PLAN_VERSION = "cost-model-dp/4"
 # cost of one prefix slot (a cached key/value a continuation attends to) relative to one input
 # token, when the model's shape is not known: it is gathered and attended to but runs through
 # no projection or MLP (LMScorer derives it from its model and device, see PassCost)
