@@ -174,20 +174,17 @@ def _cut(
         1, np.minimum(budget // seg_width, slot_budget // np.maximum(seg_prefix, 1.0))
     ).astype(np.int64)
     earliest = np.searchsorted(items_before, items_before[1:] - most, side="left")
-    for end in range(1, segments + 1):
-        lo = min(end - 1, max(int(earliest[end - 1]), end - MAX_CUTS))
-        firsts = np.arange(lo, end)
-        items = items_before[end] - items_before[firsts]
-        widest = np.maximum.accumulate(seg_width[lo:end][::-1])[::-1]
-        longest = np.maximum.accumulate(seg_prefix[lo:end][::-1])[::-1]
-        fits = (items * widest <= budget) & (items * longest <= slot_budget)
-        allowed = fits | (items == 1)
-        allowed[-1] = True  # the last segment alone always fits (the cuts make sure of it)
-        total = np.where(
-            allowed, best[firsts] + items * cost.per_item(widest, longest) + per_pass, np.inf
-        )
-        pick = int(np.argmin(total))
-        best[end], start[end] = total[pick], lo + pick
+    ends = np.arange(1, segments + 1)
+    lo = np.minimum(ends - 1, np.maximum(earliest, ends - MAX_CUTS))
+    for block in range(0, segments, DP_BLOCK):
+        rows = slice(block, min(block + DP_BLOCK, segments))
+        args = (items_before, seg_width, seg_prefix, budget, slot_budget, cost)
+        work = _pass_work(ends[rows], lo[rows], *args)
+        for row, end in enumerate(range(rows.start + 1, rows.stop + 1)):
+            first = int(lo[end - 1])
+            total = best[first:end] + work[row, : end - first] + per_pass
+            pick = int(np.argmin(total))
+            best[end], start[end] = total[pick], first + pick
     passes: list[IntArray] = []
     end = segments
     while end > 0:
@@ -195,6 +192,36 @@ def _cut(
         passes.append(order[cuts[first] : cuts[end]])
         end = first
     return float(best[segments]), passes[::-1]
+
+
+# rows of the dynamic programme whose pass costs are computed at once (bounds their memory)
+DP_BLOCK = 128
+
+
+def _pass_work(
+    ends: IntArray,
+    lo: IntArray,
+    items_before: IntArray,
+    seg_width: NDArray[np.float64],
+    seg_prefix: NDArray[np.float64],
+    budget: int,
+    slot_budget: int,
+    cost: PassCost,
+) -> NDArray[np.float64]:
+    """The cost but the fixed one of the passes ending with segments ``ends``: row ``i``, column
+    ``k`` the pass of segments ``lo[i] + k`` to ``ends[i] - 1`` (``inf``: it does not fit, or is
+    past the row's end). Widest item and longest prefix are suffix maxima; the columns past a
+    row's last segment repeat it (every pass of the row holds it)."""
+    firsts = lo[:, None] + np.arange(int((ends - lo).max()))[None, :]
+    inside = firsts < ends[:, None]
+    firsts = np.where(inside, firsts, ends[:, None] - 1)
+    items = items_before[ends][:, None] - items_before[firsts]
+    widest = np.maximum.accumulate(seg_width[firsts][:, ::-1], axis=1)[:, ::-1]
+    longest = np.maximum.accumulate(seg_prefix[firsts][:, ::-1], axis=1)[:, ::-1]
+    fits = (items * widest <= budget) & (items * longest <= slot_budget)
+    allowed = inside & (fits | (items == 1))
+    allowed[np.arange(len(ends)), ends - lo - 1] = True  # the last segment alone always fits
+    return np.where(allowed, items * cost.per_item(widest, longest), np.inf)
 
 
 def _candidate_cuts(
