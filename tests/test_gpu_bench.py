@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from paths import SHARED_DATA
+from paths import SHARED_DATA, needs_agnews, needs_books
 
 from nncd_ray.bench.gpu import main
 from nncd_ray.scorers.lm.plan import PLAN_VERSION
 
 
+@needs_agnews
+@needs_books
 def test_gpu_bench_quick_on_cpu(tmp_path: Path) -> None:
     code = main(
         [
@@ -41,6 +43,8 @@ def test_gpu_bench_quick_on_cpu(tmp_path: Path) -> None:
     assert "| gpt2-small | prefix-cached |" in table and "End to end" in table
 
 
+@needs_agnews
+@needs_books
 def test_gpu_profile_quick_on_cpu(tmp_path: Path) -> None:
     from nncd_ray.bench.gpu_profile import family
     from nncd_ray.bench.gpu_profile import main as profile_main

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from paths import AGNEWS_CSV, needs_agnews
 
 from nncd_ray.data.protocols import load_protocol
 from nncd_ray.errors import ConfigError
@@ -19,7 +20,7 @@ from nncd_ray.scorers.lm.devices import attention_kernels
 from nncd_ray.scorers.lm.loading import embedded_model_dir
 from nncd_ray.testing.tiny_models import build_tiny_model
 
-AGNEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews" / "test.csv"
+AGNEWS = AGNEWS_CSV
 ROWS = ["Stocks fell sharply on Wall Street.", "x", "Oil rose for a third day as traders worried."]
 COLS = ["A second team sets a launch date.", "ok", "Sox win in overtime.", "New chip ships."]
 
@@ -47,6 +48,7 @@ def news_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@needs_agnews
 def test_a_tile_takes_few_passes(news_model: Path) -> None:
     """A 64 × 64 agnews tile at a 65,536-token budget: rows, columns and all 4,096 pairs in at
     most 1.5 × (model tokens / 65,536) + 2 passes (c8ebf8c took 197, one prefix row at a time)."""

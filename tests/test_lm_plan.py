@@ -3,11 +3,10 @@ the model's shape on a GPU (pure planning: no model runs, meta-device models for
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from paths import AGNEWS_CSV, needs_agnews
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from nncd_ray.data.protocols import load_protocol
@@ -27,7 +26,7 @@ from nncd_ray.scorers.lm.plan import (
 )
 from nncd_ray.scorers.lm.tile import plan_tile
 
-AGNEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews" / "test.csv"
+AGNEWS = AGNEWS_CSV
 CUDA = torch.device("cuda")  # a device name only: nothing here runs on it
 
 
@@ -120,6 +119,7 @@ def test_gpu_cost_follows_the_model_shape() -> None:
     assert pass_cost(shape("llama-1.2b"), torch.device("cpu")) == DEFAULT_COST
 
 
+@needs_agnews
 def test_the_gpu_cost_model_cuts_continuation_padding() -> None:
     """A 128-row agnews-small tile planned for the Llama-1.2B shape on a GPU at the bf16 budget:
     fewer padded input tokens and a lower modelled cost than the planner's shape-blind
