@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's GPU checks in one run on one CUDA machine (a few minutes, no network):
 #   1. `pytest -m gpu` (tests/test_lm_gpu.py: CUDA against CPU for every model family, no host
-#      synchronisation inside a tile, the out-of-memory back-off, a Ray actor pinned to the GPU);
+#      synchronisation inside a tile, attention outside cuDNN, the out-of-memory back-off, a Ray
+#      actor pinned to the GPU);
 #   2. beside it, optionally, the dense embedded-model store of a protocol (--store-protocol);
 #   3. `python -m nncd_ray.bench.gpu` (speed, MFU, end to end through Ray, embedded k-NN).
 #
