@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -345,3 +346,23 @@ def test_documented_serve_commands_parse(path: Path) -> None:
             pytest.fail(f"{path.name}: `{line.strip()}` does not parse")
         checked += 1
     assert checked >= 2, f"no complete serve/classify command found in {path.name}"
+
+
+SCRIPTS = sorted((ROOT / "cluster").glob("*.sh"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+def test_cluster_scripts_parse_and_name_real_flags(script: Path) -> None:
+    """Each shell script parses, and every flag it gives a ``python3 -m nncd_ray...`` command is
+    one that command's ``--help`` lists (a renamed flag breaks this test, not a GPU session)."""
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text().replace("\\\n", " ")
+    commands = re.findall(r"python3? -m (nncd_ray[\w.]+)([^\n>|&;]*)", text)
+    for module, arguments in commands:
+        flags = set(re.findall(r"(--[\w-]+)", arguments))
+        subcommand = re.match(r"\s*([a-z]+)\b(?!-)", arguments)  # e.g. nncd_ray.cli.main matrix
+        command = [sys.executable, "-m", module, *([subcommand[1]] if subcommand else [])]
+        usage = subprocess.run(
+            [*command, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        assert flags <= set(re.findall(r"--[\w-]+", usage)), (module, flags)
