@@ -31,7 +31,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -124,6 +124,17 @@ GATHER_SHAPE = {
 }
 
 
+def milliseconds(step: Callable[[], Any], device: str, repeats: int) -> float:
+    """Mean milliseconds of ``step`` over ``repeats`` runs on ``device``, after one warm-up."""
+    step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
 # the output layer of a pass: scored positions × hidden, by hidden × vocabulary (GPT-2's 50,257
 # and the Llama-1.2B shape's hidden width, whose bench vocabulary is GPT-2's too)
 HEAD_SHAPES = ((768, 50257), (2048, 50257))
@@ -156,14 +167,8 @@ def head_matmul(device: str, dtype: str, rows: int = 32768, repeats: int = 20) -
                 return F.cross_entropy(logits(h, w), targets, reduction="none")
 
             row: dict[str, Any] = {"hidden": hidden, "vocab": vocab, "columns": columns}
-            for name, step in (("matmul_ms", logits), ("with_cross_entropy_ms", with_loss)):
-                step()
-                synchronize(device)
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    step()
-                synchronize(device)
-                row[name] = (time.perf_counter() - start) / repeats * 1e3
+            row["matmul_ms"] = milliseconds(logits, device, repeats)
+            row["with_cross_entropy_ms"] = milliseconds(with_loss, device, repeats)
             row["matmul_tflops"] = 2 * rows * hidden * columns / row["matmul_ms"] / 1e9
             figures.append(row)
     return figures
@@ -195,16 +200,12 @@ def gather_layouts(device: str, dtype: str, repeats: int = 20) -> dict[str, Any]
     def slot_major() -> None:
         PrefixLayer(*stores, rows=pick, slots=slots, width=width).update(own, own)
 
-    figures: dict[str, Any] = {**shape, "dtype": dtype}
-    for name, step in (("head_major_ms", head_major), ("slot_major_ms", slot_major)):
-        step()
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            step()
-        synchronize(device)
-        figures[name] = (time.perf_counter() - start) / repeats * 1e3
-    return figures
+    return {
+        **shape,
+        "dtype": dtype,
+        "head_major_ms": milliseconds(head_major, device, repeats),
+        "slot_major_ms": milliseconds(slot_major, device, repeats),
+    }
 
 
 # the planner's setting that ignores the model's shape (the CPU's weights, which every GPU plan
