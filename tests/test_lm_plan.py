@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from paths import AGNEWS_CSV, needs_agnews
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
+from nncd_ray.bench.gpu import SHAPES
 from nncd_ray.data.protocols import load_protocol
 from nncd_ray.scorers.lm import LMScorer
 from nncd_ray.scorers.lm import budget as lm_budget
@@ -25,6 +25,7 @@ from nncd_ray.scorers.lm.plan import (
     document_passes,
 )
 from nncd_ray.scorers.lm.tile import plan_tile
+from nncd_ray.testing.tiny_models import meta_model
 
 AGNEWS = AGNEWS_CSV
 CUDA = torch.device("cuda")  # a device name only: nothing here runs on it
@@ -32,20 +33,7 @@ CUDA = torch.device("cuda")  # a device name only: nothing here runs on it
 
 def shape(name: str, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
     """The benchmark's GPT-2-small and Llama-1.2B shapes (PROTOCOL.md), weights on meta."""
-    config = (
-        GPT2Config(vocab_size=50257, n_layer=12, n_embd=768, n_head=12)
-        if name == "gpt2-small"
-        else LlamaConfig(
-            vocab_size=50257,
-            num_hidden_layers=16,
-            hidden_size=2048,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            intermediate_size=8192,
-        )
-    )
-    with torch.device("meta"):
-        model: torch.nn.Module = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model: torch.nn.Module = meta_model(**SHAPES[name], vocab=50257, dtype=dtype)
     return model
 
 

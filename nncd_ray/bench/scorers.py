@@ -233,22 +233,14 @@ def time_planning(
 
 
 def gpu_costs() -> dict[str, PassCost]:
-    """The planner's GPU cost model for each of ``bench.gpu``'s shapes in bf16 (weights on the
-    meta device: only their shapes count)."""
+    """The planner's GPU cost model for each of ``bench.gpu``'s shapes in bf16."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from nncd_ray.bench.gpu import SHAPES
-    from nncd_ray.testing.tiny_models import model_config
+    from nncd_ray.testing.tiny_models import meta_model
 
-    costs = {}
-    for name, shape in SHAPES.items():
-        arch, shape = shape["arch"], {k: v for k, v in shape.items() if k != "arch"}
-        config = model_config(arch, vocab=50257, special_ids={}, **shape)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        costs[name] = pass_cost(model, torch.device("cuda"))
-    return costs
+    cuda = torch.device("cuda")
+    return {name: pass_cost(meta_model(**s, vocab=50257), cuda) for name, s in SHAPES.items()}
 
 
 def _plan_stats(tile: Any) -> dict[str, int]:

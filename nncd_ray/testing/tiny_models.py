@@ -240,6 +240,17 @@ def build_tiny_model(
     return out
 
 
+def meta_model(arch: str, *, vocab: int, dtype: Any = None, **shape: Any) -> Any:
+    """An untrained model of :func:`model_config`'s ``arch`` and ``shape`` with weights on the
+    meta device (no memory: for what depends on the shape alone); bf16 unless ``dtype``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(arch, vocab=vocab, special_ids={}, **shape)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype or torch.bfloat16)
+
+
 __all__ = [
     "ARCHITECTURES",
     "BOS_TOKEN",
@@ -247,6 +258,7 @@ __all__ = [
     "FALLBACK_TEXT",
     "PAD_TOKEN",
     "build_tiny_model",
+    "meta_model",
     "model_config",
     "read_text_lines",
     "train_bpe_tokenizer",
