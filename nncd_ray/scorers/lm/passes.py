@@ -228,14 +228,12 @@ class PassRunner:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         head = self.head
         if head is None:  # no scoring head: full logits from the model, gathered after
-            with attention_kernels(self.device):
-                logits = self.model(**kwargs).logits
+            logits = self._call_model(kwargs).logits
             flat = logits.reshape(-1, logits.shape[-1])
             return _chunked_nll(flat, request, gather=True)
         head.request, head.result = request, None
         try:
-            with attention_kernels(self.device):
-                output = self.model(**kwargs)
+            output = self._call_model(kwargs)
             if head.fused:
                 if head.result is None:
                     raise RuntimeError("the scoring head was not called by the model's forward")
@@ -243,6 +241,10 @@ class PassRunner:
             return _chunked_nll(output.logits[0], request, gather=False)
         finally:
             head.request, head.result = None, None
+
+    def _call_model(self, kwargs: dict[str, Any]) -> Any:
+        with attention_kernels(self.device):  # never cuDNN's attention on CUDA (see devices)
+            return self.model(**kwargs)
 
 
 def _chunked_nll(
