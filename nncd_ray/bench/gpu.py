@@ -155,18 +155,20 @@ def time_scorer(
     *,
     cached: bool,
     dtype: str | None = None,
+    scorer: LMScorer | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Pairs/s of one path over ``rows × cols`` in tiles of ``config.tile``, pipelined as a
-    worker runs them (tile k + 1 planned and queued while tile k runs). Returns the figures and
-    the (rows, cols) C(xy) in bits."""
-    scorer = LMScorer(
-        None if model is None else str(model),
-        device=config.device,
-        dtype=dtype or config.dtype,
-        token_budget=config.token_budget,
-        prefix_cache=cached,
-    )
-    scorer.score_tile(list(rows[:2]), list(cols[:4]))  # kernels, allocator, pinned memory
+    worker runs them (tile k + 1 planned and queued while tile k runs), by ``scorer`` (else a
+    fresh one, warmed up here). Returns the figures and the (rows, cols) C(xy) in bits."""
+    if scorer is None:
+        scorer = LMScorer(
+            None if model is None else str(model),
+            device=config.device,
+            dtype=dtype or config.dtype,
+            token_budget=config.token_budget,
+            prefix_cache=cached,
+        )
+        scorer.score_tile(list(rows[:2]), list(cols[:4]))  # kernels, allocator, pinned memory
     tiles = [
         (r, c) for r in range(0, len(rows), config.tile) for c in range(0, len(cols), config.tile)
     ]

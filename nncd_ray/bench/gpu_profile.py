@@ -235,11 +235,10 @@ def both_paths(
     model: Path, rows: Sequence[str], cols: Sequence[str], config: GPUBenchConfig
 ) -> dict[str, Any]:
     """Both paths over ``rows × cols``: pairs/s as ``bench.gpu`` times them (a fresh scorer, its
-    tiles planned while the device runs the one before), then the device-only pairs/s of the same
-    tiles planned beforehand, run again (shapes the process has seen)."""
+    tiles planned while the device runs the one before), then, by the same scorer, the
+    device-only pairs/s of the same tiles planned beforehand, run again (shapes it has seen)."""
     per_path: dict[str, Any] = {}
     for cached in (True, False):
-        timed, _ = time_scorer(model, rows, cols, config, cached=cached)
         scorer = LMScorer(
             str(model),
             device=config.device,
@@ -248,6 +247,7 @@ def both_paths(
             prefix_cache=cached,
         )
         scorer.score_tile(rows[:2], cols[:4])
+        timed, _ = time_scorer(model, rows, cols, config, cached=cached, scorer=scorer)
         seconds = device_seconds(scorer, rows, cols, config.tile)
         timed["device_seconds"] = seconds
         timed["device_pairs_per_second"] = len(rows) * len(cols) / seconds
