@@ -23,8 +23,9 @@ if [ "$left" -lt 60 ]; then
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ -d .gpu-bundle ]; then
-  # shellcheck disable=SC1091
-  source .gpu-bundle/gpu-install.sh .gpu-bundle >/dev/null
+  # gpu-check.sh installed the bundle into /tmp/nncd-site (as gpu-install.sh does): on the path
+  # again, without installing it a second time
+  export PYTHONPATH="/tmp/nncd-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 timeout "$left" python3 -m nncd_ray.bench.gpu_profile --data "$data/agnews/test.csv" \
   --gutenberg "$data/gutenberg" --out "$out/profile" --budgets 65536 \
