@@ -37,6 +37,10 @@ def test_gpu_bench_quick_on_cpu(tmp_path: Path) -> None:
         assert figures["prefix_cached"]["pairs"] == figures["naive"]["pairs"] == 4 * 100
         # float32: the two paths give the same code lengths
         assert figures["max_abs_difference_bits"] < 1e-3
+        for path in ("prefix_cached", "naive"):
+            # --quick times once, after an untimed first tile
+            assert len(figures[path]["runs_pairs_per_second"]) == 1
+            assert figures[path]["warmup_seconds"] > 0
     assert results["end_to_end"]["pairs"] == 4 * 100
     assert results["embedded"]["max_abs_difference_vs_cpu_bits"] == 0.0
     table = (tmp_path / "gpu.md").read_text()

@@ -1,7 +1,7 @@
 """Where a GPU's time goes in the LM scorer: device time by kernel family, and token budgets.
 
-Complements ``python -m nncd_ray.bench.gpu`` (whose pairs/s include the host's planning of the
-first tile) with, for the GPT-2-small shape of PROTOCOL.md on agnews-small:
+Complements ``python -m nncd_ray.bench.gpu`` (steady pairs/s, after an untimed first tile) with
+(each path timed once here, after its untimed first tile), for the GPT-2-small shape of PROTOCOL.md on agnews-small:
 
 1. for each token budget: pairs/s of the prefix-cached and naive paths as ``bench.gpu`` times
    them, and the *device* seconds of the same tiles planned beforehand (the steady state of a
@@ -31,7 +31,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -46,7 +46,7 @@ from nncd_ray.bench.gpu import (
     quick_config,
     time_scorer,
 )
-from nncd_ray.bench.machine import synchronize
+from nncd_ray.bench.machine import milliseconds, synchronize
 from nncd_ray.scorers.lm import LMScorer
 
 # kernel families, first match wins (CUDA kernel names, or CPU op names on a CPU)
@@ -122,17 +122,6 @@ GATHER_SHAPE = {
     "width": 55,
     "new": 45,
 }
-
-
-def milliseconds(step: Callable[[], Any], device: str, repeats: int) -> float:
-    """Mean milliseconds of ``step`` over ``repeats`` runs on ``device``, after one warm-up."""
-    step()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    synchronize(device)
-    return (time.perf_counter() - start) / repeats * 1e3
 
 
 # the output layer of a pass: scored positions × hidden, by hidden × vocabulary (GPT-2's 50,257
@@ -246,7 +235,6 @@ def both_paths(
             token_budget=config.token_budget,
             prefix_cache=cached,
         )
-        scorer.score_tile(rows[:2], cols[:4])
         timed, _ = time_scorer(model, rows, cols, config, cached=cached, scorer=scorer)
         seconds = device_seconds(scorer, rows, cols, config.tile)
         timed["device_seconds"] = seconds
@@ -444,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(0.002,0.032,{SHAPE_BLIND}); empty to skip",
     )
     args = parser.parse_args(argv)
-    config = bench_config(args)
+    config = bench_config(args, repeats=1)
     if args.quick:
         config = quick_config(config)
         if args.rows is not None:

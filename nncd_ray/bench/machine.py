@@ -11,6 +11,7 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,17 @@ def synchronize(device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+def milliseconds(step: Callable[[], Any], device: str, repeats: int) -> float:
+    """Mean milliseconds of ``step`` over ``repeats`` runs on ``device``, after one warm-up."""
+    step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats * 1e3
 
 
 def peak_rss_bytes() -> int:

@@ -303,6 +303,11 @@ class LMScorer(BaseScorer):
             "token_budget": self.token_budget,
         }
 
+    def forget_documents(self) -> None:
+        """Drop the token ids kept across tiles (a benchmark's timed run then tokenizes)."""
+        with self._encode_lock:
+            self._ids_cache.clear()
+
     # ---------------------------------------------------------------- encoding
 
     def _encode(self, texts: Sequence[str]) -> list[_Encoded]:
