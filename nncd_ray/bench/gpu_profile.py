@@ -1,7 +1,8 @@
 """Where a GPU's time goes in the LM scorer: device time by kernel family, and token budgets.
 
 Complements ``python -m nncd_ray.bench.gpu`` (steady pairs/s, after an untimed first tile) with
-(each path timed once here, after its untimed first tile), for the GPT-2-small shape of PROTOCOL.md on agnews-small:
+(each path timed once here, after its untimed first tile), for the GPT-2-small shape of
+PROTOCOL.md on agnews-small:
 
 1. for each token budget: pairs/s of the prefix-cached and naive paths as ``bench.gpu`` times
    them, and the *device* seconds of the same tiles planned beforehand (the steady state of a

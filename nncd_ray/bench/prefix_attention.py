@@ -159,6 +159,7 @@ def measure(device: str, dtype: str, *, quick: bool = False, seed: int = 0) -> d
         torch.cat([slot >= 0, valid], dim=1),
         torch_dtype,
     )
+    assert isinstance(mask, torch.Tensor)  # one layer kind: one mask
     torch_device = torch.device(device)
 
     def gathered() -> torch.Tensor:
