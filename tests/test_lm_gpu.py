@@ -5,6 +5,8 @@ What they show, on tiny random models of every family built locally:
 - CUDA bf16 (weights; logits and log-softmax in float32) within 0.5% of CPU float32;
 - a tile's passes never synchronise with the host (CUDA's sync debug mode set to "error");
 - a tile's attention runs in the kernels the scorer allows, never cuDNN's (a plan per shape);
+- in bf16, full-attention models run every pass in flash attention's variable-length kernel,
+  prefixes read in place (``fast_attention``), with the masked passes' code lengths;
 - a real out-of-memory error halves the token budget and the tile still equals the CPU's;
 - cross-row batches equal one item per pass on CUDA;
 - a Ray actor pinned to the GPU computes a store equal to the CPU's.
@@ -105,6 +107,27 @@ def test_attention_runs_in_the_allowed_kernels(models: dict[str, Path], prefix_c
     names = [event.key.lower() for event in trace.key_averages()]
     assert not [name for name in names if "cudnn" in name]
     assert [name for name in names if re.search(r"fmha|flash|mem_eff|attention", name)]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen3", "gpt_neox"])
+@pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix-cached", "naive"])
+def test_flash_varlen_passes_equal_the_masked_ones_on_cuda(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, arch: str, prefix_cache: bool
+) -> None:
+    from nncd_ray.scorers.lm import fast_attention
+
+    fast = LMScorer(str(models[arch]), device="cuda", dtype="bf16", prefix_cache=prefix_cache)
+    assert fast._masked is not None and fast._masked.fast
+    assert "attention" in fast.fingerprint()["batch_plan"]
+    got = fast.score_tile(ROWS, COLS)  # (test_no_host_sync_inside_a_tile runs this path too)
+    assert fast.counters.fast_passes == fast.counters.forward_passes > 0
+    monkeypatch.setattr(fast_attention, "IN_PLACE_DEVICES", ())
+    masked = LMScorer(str(models[arch]), device="cuda", dtype="bf16", prefix_cache=prefix_cache)
+    assert masked._masked is not None and not masked._masked.fast
+    expected = masked.score_tile(ROWS, COLS)
+    for field in ("row_bits", "pair_bits"):
+        want, have = getattr(expected, field), getattr(got, field)
+        assert float(np.max(np.abs(have - want) / want)) <= BF16_RELATIVE, field
 
 
 def test_real_out_of_memory_halves_the_budget(tmp_path: Path) -> None:

@@ -13,14 +13,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nncd_ray.bench.prefix_attention import main, measure, merge, varlen_reference
+from nncd_ray.bench.prefix_attention import main, measure
+from nncd_ray.scorers.lm.fast_attention import merge, varlen_reference
 
 
 def test_in_place_prefix_attention_equals_the_gathered_one() -> None:
     results = measure("cpu", "fp32", quick=True)
     assert results["kernel"] == "varlen_reference"
     assert results["expected_abs_max"] > 0.1  # the comparison is not of zeros
-    for variant in ("in_place_per_item", "in_place_per_row"):
+    for variant in ("in_place_scorer", "in_place_per_item", "in_place_per_row"):
         assert results[f"{variant}_max_abs_difference"] < 1e-5, results
     for part in ("gathered", "prefix_per_item", "prefix_per_row", "own"):
         assert results[f"{part}_ms"] > 0

@@ -9,16 +9,18 @@ of 128 rows (up to 55 tokens each), held slot-major in a store (``passes.PrefixS
    appended (``attention.PrefixLayer.update``), then SDPA runs with the boolean mask of true
    positions (``attention.attention_masks``) under the scorer's CUDA kernels (memory-efficient
    attention: flash attention takes no mask);
-2. **in place**: nothing is copied. The queries and the new keys/values are packed without
-   padding. Variable-length flash attention runs twice: over each item's row prefix, read where
-   the store holds it (``cu_seq_k`` at the row's first prefix slot, ``seqused_k`` its length),
-   and causally over the item's own keys. The two are merged by their log-sum-exps. The prefix
-   half runs with one sequence per item, and with one per row (the items of a row contiguous,
-   as a planner that keeps a row's items together would lay them out).
+2. **in place**: nothing is copied. Variable-length flash attention runs twice: over each
+   item's row prefix, read where the store holds it (``cu_seq_k`` at the row's first prefix
+   slot, ``seqused_k`` its length), and causally over the item's own keys; the two are merged by
+   their log-sum-exps. Three layouts: the scorer's (``fast_attention.attention`` on the padded
+   batch, one sequence per item, as a continuation pass runs it on a GPU), and packed without
+   padding with the prefix half per item, or per row (a row's items contiguous, as a planner
+   that keeps them together would lay them out).
 
 It reports milliseconds per layer for each and the largest difference from the gathered result.
-On a CPU, which has no flash kernel, the in-place variants run :func:`varlen_reference` (the
-math of the same kernel), which tests the index arithmetic and the merge.
+The kernels and the merge are the scorer's own (``scorers.lm.fast_attention``, which runs the
+per-item variant in the scorer's continuation passes on a GPU). On a CPU, which has no flash
+kernel, the in-place variants run ``varlen_reference`` (the math of the same kernel).
 
     python -m nncd_ray.bench.prefix_attention [--device cuda] [--out DIR]
 """
@@ -30,6 +32,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -38,84 +41,20 @@ import torch.nn.functional as F
 from nncd_ray.bench.machine import milliseconds
 from nncd_ray.scorers.lm.attention import FULL, AttentionLayout, PrefixLayer, attention_masks
 from nncd_ray.scorers.lm.devices import attention_kernels
+from nncd_ray.scorers.lm.fast_attention import (
+    PREFIX,
+    PassAttention,
+    attention,
+    merge,
+    varlen_flash,
+    varlen_reference,
+)
 
 # one continuation pass of the GPT-2-small shape at budget 65,536 on agnews-small (the prefix
 # gather of ``bench.gpu_profile``)
 PASS_SHAPE = {"items": 1450, "store_rows": 128, "heads": 12, "head_dim": 64, "width": 55, "new": 45}
 QUICK_SHAPE = {"items": 40, "store_rows": 6, "heads": 2, "head_dim": 16, "width": 9, "new": 7}
 SDPA = AttentionLayout(implementation="sdpa", window=None, mask_types=None, layer_kinds=(FULL,))
-
-
-def varlen_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_q: torch.Tensor,
-    cu_k: torch.Tensor,
-    max_q: int,
-    max_k: int,
-    *,
-    causal: bool,
-    seqused_k: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The variable-length attention of flash attention's varlen forward, in plain torch.
-
-    Sequence b's queries are ``q[cu_q[b]:cu_q[b+1]]`` and its keys ``k[cu_k[b]:]``, ``seqused_k[b]``
-    of them (else ``cu_k[b+1] - cu_k[b]``); ``causal`` aligns the diagonal bottom-right. Returns
-    the packed output (like ``q``) and the log-sum-exp ``(heads, queries)`` in float32.
-    """
-    cu_q, cu_k = cu_q.long(), cu_k.long()
-    lens_q = cu_q[1:] - cu_q[:-1]
-    lens_k = seqused_k.long() if seqused_k is not None else cu_k[1:] - cu_k[:-1]
-    j = torch.arange(max_q, device=q.device)
-    t = torch.arange(max_k, device=q.device)
-    q_valid = j[None, :] < lens_q[:, None]
-    k_valid = t[None, :] < lens_k[:, None]
-    queries = q[(cu_q[:-1, None] + j).clamp(max=q.shape[0] - 1)].float()
-    at = (cu_k[:-1, None] + t).clamp(max=k.shape[0] - 1)
-    keys, values = k[at].float(), v[at].float()
-    if keys.shape[2] != queries.shape[2]:  # grouped-query attention
-        keys = keys.repeat_interleave(queries.shape[2] // keys.shape[2], dim=2)
-        values = values.repeat_interleave(queries.shape[2] // values.shape[2], dim=2)
-    scores = torch.einsum("nqhd,nkhd->nhqk", queries, keys) / queries.shape[-1] ** 0.5
-    visible = k_valid[:, None, :].expand(-1, max_q, -1)
-    if causal:
-        shift = (lens_k - lens_q)[:, None, None]
-        visible = visible & (t[None, None, :] <= j[None, :, None] + shift)
-    scores = scores.masked_fill(~visible[:, None], float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)  # (n, heads, max_q); -inf where nothing is visible
-    weights = torch.exp(scores - lse[..., None]).nan_to_num(0.0)
-    out = torch.einsum("nhqk,nkhd->nqhd", weights, values)
-    return out[q_valid].to(q.dtype), lse.transpose(1, 2)[q_valid].t().contiguous()
-
-
-def varlen_flash(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_q: torch.Tensor,
-    cu_k: torch.Tensor,
-    max_q: int,
-    max_k: int,
-    *,
-    causal: bool,
-    seqused_k: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`varlen_reference` by torch's flash-attention kernel (CUDA)."""
-    out, lse, *_ = torch.ops.aten._flash_attention_forward(
-        q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False, seqused_k=seqused_k
-    )
-    return out, lse
-
-
-def merge(
-    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
-) -> torch.Tensor:
-    """Attention over two disjoint key sets from each one's output and log-sum-exp: the output
-    over their union (the weight of the first is sigmoid(lse1 - lse2))."""
-    (out1, lse1), (out2, lse2) = first, second
-    weight = torch.sigmoid(lse1 - lse2).t()[..., None]
-    return (out1.float() * weight + out2.float() * (1.0 - weight)).to(out1.dtype)
 
 
 def measure(device: str, dtype: str, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -218,12 +157,28 @@ def measure(device: str, dtype: str, *, quick: bool = False, seed: int = 0) -> d
     def in_place_per_row() -> torch.Tensor:
         return merge(prefix_per_row(), own())
 
+    scorer_pass = PassAttention(
+        kind=PREFIX,
+        kernel=kernel,
+        starts=torch.arange(0, (items + 1) * new, new, dtype=torch.int32, device=device),
+        store=[(store_k, store_v)],
+        prefix_starts=item_starts,
+        prefix_lengths=item_prefix.int(),
+        width=width,
+    )
+    layer = SimpleNamespace(layer_idx=0)
+
+    def in_place_scorer() -> torch.Tensor:
+        query, key, value = (x.transpose(1, 2) for x in (q_pad, k_pad, v_pad))
+        return attention(layer, query, key, value, mask, nncd_pass=scorer_pass)[0][valid]
+
     expected = gathered().transpose(1, 2)[valid].float()
     repeats = 3 if quick else 50
     results: dict[str, Any] = {**shape, "slots": slots, "dtype": dtype, "device": device}
     results["kernel"] = kernel.__name__
     results["gathered_ms"] = milliseconds(gathered, device, repeats)
     for name, variant in (
+        ("in_place_scorer", in_place_scorer),
         ("in_place_per_item", in_place_per_item),
         ("in_place_per_row", in_place_per_row),
     ):

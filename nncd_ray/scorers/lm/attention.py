@@ -25,6 +25,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+from nncd_ray.scorers.lm.fast_attention import IMPLEMENTATION
+
 FULL = "full_attention"
 SLIDING = "sliding_attention"
 # attention implementations whose masks are plain 4D tensors (bool for SDPA, additive for eager)
@@ -55,6 +57,8 @@ def attention_layout(model: Any) -> AttentionLayout | None:
     (or its attention implementation takes no 4D mask): the scorer's plain path handles those."""
     config = model.config
     implementation = getattr(config, "_attn_implementation", None)
+    if implementation == IMPLEMENTATION:  # fast_attention's: transformers' SDPA otherwise
+        implementation = "sdpa"
     if implementation not in MASKABLE:
         return None
     try:
@@ -142,7 +146,8 @@ class PrefixLayer(DynamicLayer):
     writes the new keys/values into the room (one contiguous copy), and returns
     ``(batch, kv_heads, width + new, head_dim)`` views: the strides a model's own projections
     give attention. It keeps nothing: a pass holds one layer's keys at a time, and the store is
-    never written.
+    never written. ``in_place``: ``update`` returns the new keys/values alone, for attention
+    that reads the prefixes from the store itself (``fast_attention``).
     """
 
     _layer_type = None
@@ -155,11 +160,13 @@ class PrefixLayer(DynamicLayer):
         rows: torch.Tensor,
         slots: int,
         width: int,
+        in_place: bool = False,
     ) -> None:
         super().__init__()
         self.lazy_initialization(keys, values)
         self.keys, self.values = keys, values
         self.rows, self.slots, self.width = rows, slots, width
+        self.in_place = in_place
 
     def get_seq_length(self) -> int:
         return self.width
@@ -169,6 +176,8 @@ class PrefixLayer(DynamicLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.keys is None or self.values is None:  # set in __init__; reset() clears them
             raise RuntimeError("PrefixLayer used after reset(); build a fresh cache per pass")
+        if self.in_place:
+            return key_states, value_states
         new = key_states.shape[-2]
         if self.keys.shape[1] - self.slots < new:
             raise ValueError(f"{new} new positions do not fit the store's room after the prefix")
@@ -203,7 +212,12 @@ def capture_cache(layers: int) -> DynamicCache:
 
 
 def prefix_cache(
-    layers: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, slots: int, width: int
+    layers: list[tuple[torch.Tensor, torch.Tensor]],
+    rows: torch.Tensor,
+    slots: int,
+    width: int,
+    *,
+    in_place: bool = False,
 ) -> DynamicCache:
     """A fresh cache (one per pass: the forward mutates caches) whose layers read the last
     ``width`` of ``slots`` prefix positions of store rows ``rows`` from the slot-major store
@@ -211,7 +225,8 @@ def prefix_cache(
     cache = DynamicCache()
     cache.layer_class_to_replicate = None
     cache.layers = [
-        PrefixLayer(keys, values, rows=rows, slots=slots, width=width) for keys, values in layers
+        PrefixLayer(keys, values, rows=rows, slots=slots, width=width, in_place=in_place)
+        for keys, values in layers
     ]
     return cache
 

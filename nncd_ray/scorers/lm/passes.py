@@ -27,6 +27,7 @@ from nncd_ray.scorers.lm.attention import (
     prefix_cache,
 )
 from nncd_ray.scorers.lm.devices import attention_kernels
+from nncd_ray.scorers.lm.fast_attention import PREFIX, PassAttention, kernel_for, pass_kind
 from nncd_ray.scorers.lm.head import (
     HeadRequest,
     ScoringHead,
@@ -52,6 +53,8 @@ class PassCounters:
     # cached prefix slots attended to by continuation passes (batch × prefix width, summed)
     prefix_slots: int = 0
     forward_passes: int = 0
+    # of those, passes whose attention ran in fast_attention's variable-length kernels
+    fast_passes: int = 0
     # tiles restarted with half the token budget after running out of device memory
     oom_backoffs: int = 0
 
@@ -105,8 +108,11 @@ class PassRunner:
         device: torch.device,
         cache_argument: str,
         counters: PassCounters,
+        fast: bool = False,
     ) -> None:
         self.model = model
+        # fast_attention installed on the model: its kinds of pass run there
+        self.fast = fast
         # None: the model builds its own masks from a 2D padding mask (the plain path)
         self.layout = layout
         self.head = head
@@ -178,11 +184,18 @@ class PassRunner:
             dist_positions=dist_at if wants_dist else None,
             dist_targets=first_tokens if wants_dist else None,
         )
+        kind = pass_kind(plan.positions, plan.lengths, plan.prefix_lengths) if self.fast else None
         cache = None
         if plan.prefix_rows is not None:
             if store is None:
                 raise ValueError("a continuation pass needs the prefix store")
-            cache = prefix_cache(store.layers(), prefix_rows, store.slots, plan.prefix_width)
+            cache = prefix_cache(
+                store.layers(),
+                prefix_rows,
+                store.slots,
+                plan.prefix_width,
+                in_place=kind == PREFIX,
+            )
         elif plan.capture_at.size:
             cache = capture_cache(self.layers)
         kwargs: dict[str, Any] = {
@@ -193,6 +206,11 @@ class PassRunner:
         }
         if cache is not None:
             kwargs[self.cache_argument] = cache
+        if kind is not None:
+            kwargs["nncd_pass"] = self._pass_attention(
+                kind, plan, store, prefix_rows, prefix_lengths
+            )
+            self.counters.fast_passes += 1
         nll, dist_nll = self._forward(kwargs, request)
         accumulator.index_add_(0, score_into, nll.double())
         if dist_nll is not None and pair_block is not None:
@@ -203,6 +221,32 @@ class PassRunner:
         self.counters.model_tokens += plan.real_tokens
         self.counters.padded_tokens += plan.padded_tokens
         self.counters.prefix_slots += batch * plan.prefix_width
+
+    def _pass_attention(
+        self,
+        kind: str,
+        plan: PassPlan,
+        store: PrefixStore | None,
+        prefix_rows: torch.Tensor,
+        prefix_lengths: torch.Tensor,
+    ) -> PassAttention:
+        """The ``nncd_pass`` keyword of a pass that ``fast_attention`` runs: each batch row's
+        first position in the flattened batch and, continuing prefixes, its first prefix slot
+        in the flattened store (built on the device from the pass's own index arrays)."""
+        batch, width = plan.input_ids.shape
+        starts = torch.arange(0, (batch + 1) * width, width, dtype=torch.int32, device=self.device)
+        if kind != PREFIX or store is None:
+            return PassAttention(kind=kind, kernel=kernel_for(self.device), starts=starts)
+        first = prefix_rows * (store.slots + store.room) + store.slots - prefix_lengths
+        return PassAttention(
+            kind=kind,
+            kernel=kernel_for(self.device),
+            starts=starts,
+            store=store.layers(),
+            prefix_starts=torch.nn.functional.pad(first, (0, 1)).int(),
+            prefix_lengths=prefix_lengths.int(),
+            width=plan.prefix_width,
+        )
 
     def _masks(
         self,

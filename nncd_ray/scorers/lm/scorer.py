@@ -151,6 +151,7 @@ class LMScorer(BaseScorer):
 
         from nncd_ray.scorers.lm.attention import attention_layout
         from nncd_ray.scorers.lm.budget import pass_cost, prefix_capacity
+        from nncd_ray.scorers.lm.fast_attention import install
         from nncd_ray.scorers.lm.head import install_scoring_head, logits_pass_through
         from nncd_ray.scorers.lm.loading import cache_argument
         from nncd_ray.scorers.lm.passes import PassCounters, PassRunner
@@ -169,9 +170,10 @@ class LMScorer(BaseScorer):
             "counters": self.counters,
         }
         self._plain: PassRunner = PassRunner(layout=None, **common)
-        self._masked: PassRunner | None = (
-            None if self.layout is None else PassRunner(layout=self.layout, **common)
-        )
+        self._masked: PassRunner | None = None
+        if self.layout is not None:
+            fast = install(self.model, self.layout, self.device)
+            self._masked = PassRunner(layout=self.layout, fast=fast, **common)
         with torch.inference_mode():
             if self.head is not None:
                 self.head.fused = logits_pass_through(self.model, self.head, self._bos, self._eos)
@@ -184,7 +186,7 @@ class LMScorer(BaseScorer):
                 if not self._fast_path_agrees():
                     self.path = "plain"
         self.counters.forward_passes = self.counters.model_tokens = 0
-        self.counters.padded_tokens = self.counters.prefix_slots = 0
+        self.counters.padded_tokens = self.counters.prefix_slots = self.counters.fast_passes = 0
 
     def _auto_budget(self) -> int:
         from nncd_ray.scorers.lm.budget import auto_token_budget
@@ -271,6 +273,8 @@ class LMScorer(BaseScorer):
 
                 kernels = CUDA_ATTENTION_KERNELS
                 fingerprint["batch_plan"]["attention_kernels"] = kernels and list(kernels)
+                if self._masked is not None and self._masked.fast:
+                    fingerprint["batch_plan"]["attention"] = "flash-varlen, prefixes in place"
         return fingerprint
 
     def document_bits(self, texts: Sequence[str]) -> NDArray[np.float64]:

@@ -1,0 +1,280 @@
+"""Variable-length flash attention for the scorer's passes on a GPU, reading cached prefixes
+where the prefix store holds them instead of gathering a copy per item.
+
+The masked passes of :mod:`~nncd_ray.scorers.lm.passes` give SDPA a boolean mask of true
+positions, which only the memory-efficient kernel takes, and a continuation pass first copies
+each item's prefix keys/values out of the store (``attention.PrefixLayer``): on an H100 that copy
+was 15% of a GPT-2-small-shape tile's device time. Two kinds of pass have a simpler structure,
+recognised on the host from the plan (:func:`pass_kind`), and run here instead:
+
+- **causal**: every batch row is one sequence at positions 0, 1, … (padding after it): flash
+  attention with a causal mask, nothing else;
+- **prefix**: every batch row continues one cached prefix of length L at positions L, L + 1, …:
+  flash attention over the prefix read in place (``cu_seq_k`` at the row's first prefix slot in
+  the flattened store, ``seqused_k`` = L), and causal flash attention over the row's own keys,
+  merged by their log-sum-exps (:func:`merge`), which is attention over the union of the keys.
+
+It is used on CUDA in half precision for models whose layers are all full attention without
+logit soft-capping (:func:`install`), after a probe that the kernel takes these arguments and
+agrees with :func:`varlen_reference`; any other pass, model or device keeps the masked SDPA path.
+The model's attention implementation becomes :data:`IMPLEMENTATION`, which is transformers' SDPA
+for every call without a :class:`PassAttention` keyword. On a CPU the kernel is
+:func:`varlen_reference` (plain torch), which tests use by adding ``"cpu"`` to
+:data:`IN_PLACE_DEVICES`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATION = "nncd_sdpa"
+# devices whose scorers run the kinds of pass above here (CUDA: flash attention; others: the
+# reference, for tests)
+IN_PLACE_DEVICES: tuple[str, ...] = ("cuda",)
+CAUSAL = "causal"
+PREFIX = "prefix"
+
+
+def varlen_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor,
+    cu_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    *,
+    causal: bool,
+    seqused_k: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flash attention's variable-length forward in plain torch.
+
+    Sequence b's queries are ``q[cu_q[b]:cu_q[b+1]]`` and its keys ``k[cu_k[b]:]``,
+    ``seqused_k[b]`` of them (else ``cu_k[b+1] - cu_k[b]``); ``causal`` aligns the diagonal
+    bottom-right. Returns the packed output (like ``q``) and the log-sum-exp ``(heads, queries)``
+    in float32.
+    """
+    cu_q, cu_k = cu_q.long(), cu_k.long()
+    lens_q = cu_q[1:] - cu_q[:-1]
+    lens_k = seqused_k.long() if seqused_k is not None else cu_k[1:] - cu_k[:-1]
+    j = torch.arange(max_q, device=q.device)
+    t = torch.arange(max_k, device=q.device)
+    q_valid = j[None, :] < lens_q[:, None]
+    k_valid = t[None, :] < lens_k[:, None]
+    queries = q[(cu_q[:-1, None] + j).clamp(max=q.shape[0] - 1)].float()
+    at = (cu_k[:-1, None] + t).clamp(max=k.shape[0] - 1)
+    keys, values = k[at].float(), v[at].float()
+    if keys.shape[2] != queries.shape[2]:  # grouped-query attention
+        keys = keys.repeat_interleave(queries.shape[2] // keys.shape[2], dim=2)
+        values = values.repeat_interleave(queries.shape[2] // values.shape[2], dim=2)
+    scale = queries.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.einsum("nqhd,nkhd->nhqk", queries, keys) * scale
+    visible = k_valid[:, None, :].expand(-1, max_q, -1)
+    if causal:
+        shift = (lens_k - lens_q)[:, None, None]
+        visible = visible & (t[None, None, :] <= j[None, :, None] + shift)
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # (n, heads, max_q); -inf where nothing is visible
+    weights = torch.exp(scores - lse[..., None]).nan_to_num(0.0)
+    out = torch.einsum("nhqk,nkhd->nqhd", weights, values)
+    return out[q_valid].to(q.dtype), lse.transpose(1, 2)[q_valid].t().contiguous()
+
+
+def varlen_flash(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor,
+    cu_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    *,
+    causal: bool,
+    seqused_k: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`varlen_reference` by torch's flash-attention kernel (CUDA, half precision)."""
+    out, lse, *_ = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale, seqused_k=seqused_k
+    )
+    return out, lse
+
+
+def merge(
+    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Attention over two disjoint key sets from each one's output and log-sum-exp: the output
+    over their union (the first's weight is sigmoid(lse1 - lse2))."""
+    (out1, lse1), (out2, lse2) = first, second
+    weight = torch.sigmoid(lse1 - lse2).t()[..., None]
+    return (out1.float() * weight + out2.float() * (1.0 - weight)).to(out1.dtype)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PassAttention:
+    """One pass's attention, given to the model as the keyword ``nncd_pass``."""
+
+    kind: str  # CAUSAL or PREFIX
+    # the kernel: varlen_flash on CUDA, varlen_reference elsewhere
+    kernel: Any
+    # (batch + 1,) int32: each batch row's first position in the flattened batch
+    starts: torch.Tensor
+    # PREFIX: per layer the store's (keys, values), slot-major (rows, slots + room, heads, dim);
+    # each batch row's first prefix slot in the flattened store ((batch + 1,) int32, the last
+    # never read) and its prefix length ((batch,) int32); the longest prefix of the pass
+    store: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    prefix_starts: torch.Tensor | None = None
+    prefix_lengths: torch.Tensor | None = None
+    width: int = 0
+
+
+def attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    *,
+    nncd_pass: PassAttention | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The model's attention function (:data:`IMPLEMENTATION`): transformers' SDPA unless the
+    pass is one of this module's kinds."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if nncd_pass is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    batch, heads, length, dim = query.shape
+    scale = kwargs.get("scaling")
+    q = query.transpose(1, 2).reshape(batch * length, heads, dim)
+    k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
+    v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
+    starts, kernel = nncd_pass.starts, nncd_pass.kernel
+    own = kernel(q, k, v, starts, starts, length, length, causal=True, scale=scale)
+    if nncd_pass.kind == CAUSAL:
+        out = own[0]
+    else:
+        assert nncd_pass.store is not None and nncd_pass.prefix_starts is not None
+        store_keys, store_values = nncd_pass.store[module.layer_idx]
+        prefix = kernel(
+            q,
+            store_keys.view(-1, *store_keys.shape[2:]),
+            store_values.view(-1, *store_values.shape[2:]),
+            starts,
+            nncd_pass.prefix_starts,
+            length,
+            nncd_pass.width,
+            causal=False,
+            seqused_k=nncd_pass.prefix_lengths,
+            scale=scale,
+        )
+        out = merge(prefix, own)
+    return out.view(batch, length, heads, dim), None
+
+
+def pass_kind(
+    positions: np.ndarray, lengths: np.ndarray, prefix_lengths: np.ndarray | None
+) -> str | None:
+    """CAUSAL or PREFIX when the plan's true positions have that structure (from the host's
+    arrays: no device work), else None."""
+    width = positions.shape[1]
+    real = np.arange(width)[None, :] < lengths[:, None]
+    offset = np.zeros((positions.shape[0], 1), np.int64)
+    if prefix_lengths is not None:
+        offset = offset + prefix_lengths[:, None]
+    if not np.array_equal(positions[real], (np.arange(width)[None, :] + offset)[real]):
+        return None
+    if prefix_lengths is None:
+        return CAUSAL
+    return PREFIX if int(prefix_lengths.min(initial=1)) > 0 else None
+
+
+def install(model: Any, layout: Any, device: torch.device) -> bool:
+    """Give ``model`` this module's attention when it qualifies (see the module docstring)."""
+    if device.type not in IN_PLACE_DEVICES or layout is None or layout.window is not None:
+        return False
+    config = model.config
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", IMPLEMENTATION):
+        return False
+    if any(getattr(config, name, None) for name in ("attn_logit_softcapping", "alibi")):
+        return False
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    if head_dim % 8 or head_dim > 256:  # what flash attention takes
+        return False
+    dtype = next(model.parameters()).dtype
+    if device.type == "cuda" and (dtype not in (torch.float16, torch.bfloat16) or not _probe()):
+        return False
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(IMPLEMENTATION, attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    model.set_attn_implementation(IMPLEMENTATION)
+    return True
+
+
+def kernel_for(device: torch.device) -> Any:
+    return varlen_flash if device.type == "cuda" else varlen_reference
+
+
+_PROBED: dict[int, bool] = {}
+
+
+def _probe() -> bool:
+    """The flash kernel takes this module's arguments on this GPU and agrees with the reference
+    (once per device)."""
+    index = torch.cuda.current_device()
+    if index not in _PROBED:
+        _PROBED[index] = _probe_once()
+    return _PROBED[index]
+
+
+def _probe_once() -> bool:
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(10, 4, 64, device="cuda", generator=generator).bfloat16()
+    store = torch.randn(24, 2, 64, device="cuda", generator=generator).bfloat16()
+    cu_q = torch.tensor([0, 4, 10], dtype=torch.int32, device="cuda")
+    starts = torch.tensor([3, 12, 0], dtype=torch.int32, device="cuda")
+    used = torch.tensor([5, 9], dtype=torch.int32, device="cuda")
+    try:
+        got = merge(
+            varlen_flash(q, store, store, cu_q, starts, 6, 9, causal=False, seqused_k=used),
+            varlen_flash(q, q[:, :2], q[:, :2], cu_q, cu_q, 6, 6, causal=True),
+        )
+    except (RuntimeError, TypeError) as exc:
+        log.warning("flash attention's variable-length kernel is not usable here (%s)", exc)
+        return False
+    want = merge(
+        varlen_reference(q, store, store, cu_q, starts, 6, 9, causal=False, seqused_k=used),
+        varlen_reference(q, q[:, :2], q[:, :2], cu_q, cu_q, 6, 6, causal=True),
+    )
+    error = float((got.float() - want.float()).abs().max())
+    if error > 0.05:
+        log.warning("flash attention's variable-length kernel disagrees (%.3g); not used", error)
+        return False
+    return True
+
+
+__all__ = [
+    "CAUSAL",
+    "IMPLEMENTATION",
+    "IN_PLACE_DEVICES",
+    "PREFIX",
+    "PassAttention",
+    "attention",
+    "install",
+    "kernel_for",
+    "merge",
+    "pass_kind",
+    "varlen_flash",
+    "varlen_reference",
+]

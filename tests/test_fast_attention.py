@@ -1,0 +1,102 @@
+"""``scorers.lm.fast_attention``: the scorer's passes with variable-length attention that reads
+cached prefixes in place (flash attention on a GPU). Here the CPU runs the kernel's reference
+(``varlen_reference``, added to ``IN_PLACE_DEVICES``), so these check everything but the CUDA
+kernel itself: which passes qualify, the store offsets, the merge, and equal code lengths on
+both paths; ``tests/test_lm_gpu.py`` checks the kernel on CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nncd_ray.scorers.lm import LMScorer
+from nncd_ray.scorers.lm import fast_attention as fa
+from nncd_ray.testing.tiny_models import build_tiny_model
+
+ROWS = ["Stocks fell sharply on Wall Street.", "x", "Oil rose for a third day as traders worried."]
+COLS = ["A second team sets a launch date.", "ok", "Sox win in overtime.", "New chip ships."]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tokenizer = build_tiny_model(tmp_path_factory.mktemp("tokenizer"), vocab_size=300)
+    built = {}
+    for arch in ("gpt2", "llama", "mistral", "gemma2"):
+        built[arch] = build_tiny_model(
+            tmp_path_factory.mktemp(arch),
+            arch=arch,  # type: ignore[arg-type]
+            n_layer=2,
+            tokenizer_dir=tokenizer,
+            sliding_window=8 if arch in ("mistral", "gemma2") else None,
+            seed=3,
+        )
+    return built
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix-cached", "naive"])
+@pytest.mark.parametrize("budget", [64, 4096])
+def test_in_place_attention_gives_the_masked_paths_code_lengths(
+    models: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    arch: str,
+    prefix_cache: bool,
+    budget: int,
+) -> None:
+    model = str(models[arch])
+    masked = LMScorer(model, device="cpu", dtype="fp32", prefix_cache=prefix_cache)
+    masked.token_budget = budget
+    monkeypatch.setattr(fa, "IN_PLACE_DEVICES", ("cuda", "cpu"))
+    merges = []
+    merge = fa.merge
+
+    def counting_merge(*args: Any) -> Any:
+        merges.append(1)
+        return merge(*args)
+
+    monkeypatch.setattr(fa, "merge", counting_merge)
+    fast = LMScorer(model, device="cpu", dtype="fp32", prefix_cache=prefix_cache)
+    fast.token_budget = budget
+    assert fast._masked is not None and fast._masked.fast and not masked._masked.fast  # type: ignore[union-attr]
+    assert fast.path == ("prefix-cached" if prefix_cache else "naive")
+    merges.clear()
+    expected, got = masked.score_tile(ROWS, COLS), fast.score_tile(ROWS, COLS)
+    for field in ("row_bits", "col_bits", "pair_bits"):
+        np.testing.assert_allclose(getattr(got, field), getattr(expected, field), atol=1e-4)
+    assert masked.counters.fast_passes == 0
+    # every pass of these tiles has one of the two structures
+    assert fast.counters.fast_passes == fast.counters.forward_passes > 0
+    assert bool(merges) == prefix_cache  # continuation passes read prefixes in place
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma2"])  # sliding window; gemma2 soft-caps too
+def test_models_it_cannot_run_keep_the_masked_path(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, arch: str
+) -> None:
+    monkeypatch.setattr(fa, "IN_PLACE_DEVICES", ("cuda", "cpu"))
+    scorer = LMScorer(str(models[arch]), device="cpu", dtype="fp32")
+    assert scorer._masked is not None and not scorer._masked.fast
+    scorer.score_tile(ROWS, COLS)
+    assert scorer.counters.fast_passes == 0
+
+
+def test_not_on_a_cpu_by_default(models: dict[str, Path]) -> None:
+    scorer = LMScorer(str(models["gpt2"]), device="cpu", dtype="fp32")
+    assert scorer._masked is not None and not scorer._masked.fast
+    assert "attention" not in scorer.fingerprint().get("batch_plan", {})
+
+
+def test_pass_kind_reads_the_structure_of_true_positions() -> None:
+    lengths = np.array([3, 1])
+    causal = np.array([[0, 1, 2], [0, 9, 9]])  # padding after each sequence is never read
+    assert fa.pass_kind(causal, lengths, None) == fa.CAUSAL
+    assert fa.pass_kind(causal + 2, lengths, None) is None  # not from position 0
+    prefix = np.array([4, 2])
+    assert fa.pass_kind(causal + prefix[:, None], lengths, prefix) == fa.PREFIX
+    assert fa.pass_kind(causal + 4, lengths, prefix) is None  # row 2 not after its prefix
+    packed = np.array([[0, 1, 0], [0, 9, 9]])  # two sequences in one row
+    assert fa.pass_kind(packed, lengths, None) is None
+    assert fa.pass_kind(causal, lengths, np.array([0, 0])) is None  # no prefix to read
