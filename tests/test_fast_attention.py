@@ -100,3 +100,17 @@ def test_pass_kind_reads_the_structure_of_true_positions() -> None:
     packed = np.array([[0, 1, 0], [0, 9, 9]])  # two sequences in one row
     assert fa.pass_kind(packed, lengths, None) is None
     assert fa.pass_kind(causal, lengths, np.array([0, 0])) is None  # no prefix to read
+
+
+def test_keys_past_a_sequences_length_are_never_read() -> None:
+    """A store's room after a prefix is unwritten memory (NaN possible): the reference, like
+    flash attention, reads only ``seqused_k`` keys."""
+    import torch
+
+    torch.manual_seed(1)
+    q, k, v = torch.randn(4, 2, 8), torch.randn(10, 2, 8), torch.randn(10, 2, 8)
+    args = (torch.tensor([0, 4]), torch.tensor([1, 0]), 4, 6)
+    clean, _ = fa.varlen_reference(q, k, v, *args, causal=False, seqused_k=torch.tensor([4]))
+    k[5:], v[5:] = float("nan"), float("nan")
+    dirty, lse = fa.varlen_reference(q, k, v, *args, causal=False, seqused_k=torch.tensor([4]))
+    assert torch.equal(clean, dirty) and torch.isfinite(lse).all()

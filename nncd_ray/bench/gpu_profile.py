@@ -17,8 +17,9 @@ PROTOCOL.md on agnews-small:
    slot-major copied as 8-byte words (the store now);
 5. the output layer's matmul (32,768 scored positions) at the vocabulary's own width of 50,257
    and padded to a multiple of 128 columns, as the scorer pads it on a GPU;
-6. at the default budget, the same as 1. with torch's own choice of attention kernels (cuDNN's
-   included), beside the kernels the scorer allows.
+6. at the default budget, the same as 1. with every pass's attention in masked SDPA
+   (``fast_attention`` off: prefixes gathered per item), then also with torch's own choice of
+   SDPA kernels (cuDNN's included) beside the kernels the scorer allows.
 
     python -m nncd_ray.bench.gpu_profile --data DATA/agnews/test.csv --gutenberg DATA/gutenberg
 
@@ -262,6 +263,19 @@ def attention_kernels(kernels: tuple[str, ...] | None) -> Iterator[None]:
         devices.CUDA_ATTENTION_KERNELS = saved
 
 
+@contextmanager
+def masked_attention() -> Iterator[None]:
+    """Scorers built inside give every pass SDPA with a mask (``fast_attention`` off)."""
+    from nncd_ray.scorers.lm import fast_attention
+
+    saved = fast_attention.IN_PLACE_DEVICES
+    fast_attention.IN_PLACE_DEVICES = ()
+    try:
+        yield
+    finally:
+        fast_attention.IN_PLACE_DEVICES = saved
+
+
 def run(
     config: GPUBenchConfig, budgets: Sequence[int], overheads: Sequence[float | str] = ()
 ) -> dict[str, Any]:
@@ -277,6 +291,7 @@ def run(
         "device": config.device,
         "attention_kernels": devices.CUDA_ATTENTION_KERNELS,
         "budgets": {},
+        "masked_attention": {},
         "torch_attention_choice": {},
         "pass_seconds": {},
         "profile": {},
@@ -305,8 +320,12 @@ def run(
             save(f"budget {budget}", per_path)
         # the same at the default budget with torch's own choice of attention kernels (cuDNN's
         # included), after the runs above, which never built a cuDNN plan
+        if config.device == "cuda":  # the same with every pass masked (fast_attention off)
+            with masked_attention():
+                results["masked_attention"] = both_paths(model, rows, cols, config)
+            save("masked attention", results["masked_attention"])
         if devices.CUDA_ATTENTION_KERNELS is not None and config.device == "cuda":
-            with attention_kernels(None):
+            with attention_kernels(None), masked_attention():
                 results["torch_attention_choice"] = both_paths(model, rows, cols, config)
             save("torch's attention kernels", results["torch_attention_choice"])
         for value in overheads:
@@ -368,15 +387,17 @@ def markdown(results: dict[str, Any]) -> str:
         )
     # the default budget's run, the same with torch's attention kernels, the pass-cost values
     sweep: list[tuple[str, str, dict[str, Any]]] = []
+    if results.get("masked_attention"):
+        sweep.append(("masked SDPA only (allowed)", "default", results["masked_attention"]))
     if results.get("torch_attention_choice"):
-        sweep.append(("torch's choice (cuDNN too)", "default", results["torch_attention_choice"]))
+        sweep.append(("masked SDPA, torch's choice", "default", results["torch_attention_choice"]))
     for value, fig in results.get("pass_seconds", {}).items():
         label = value if value == SHAPE_BLIND else f"{float(value) * 1e3:g} ms"
         sweep.append(("allowed", label, fig))
     if sweep:
         budget = str(sweep[0][2]["prefix_cached"]["token_budget"])
         if budget in results["budgets"]:
-            sweep.insert(0, ("allowed", "default", results["budgets"][budget]))
+            sweep.insert(0, ("flash varlen + allowed", "default", results["budgets"][budget]))
         lines += [
             "",
             "attention kernels allowed: " + ", ".join(results.get("attention_kernels") or ["all"]),

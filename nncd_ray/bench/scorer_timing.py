@@ -82,6 +82,8 @@ def time_scorer(
         "tokens_per_second": counted["model_tokens"] / seconds,
         "effective_flops_per_second": 2.0 * scorer.parameters * counted["model_tokens"] / seconds,
         "forward_passes": counted["forward_passes"],
+        # passes in fast_attention's variable-length flash kernels (prefixes read in place)
+        "fast_passes": counted["fast_passes"],
         "padded_tokens": counted["padded_tokens"],
         "oom_backoffs": scorer.counters.oom_backoffs,
     }, pair
@@ -112,8 +114,10 @@ def _timed_run(
     synchronize(config.device)
     seconds = time.perf_counter() - start
     after = asdict(scorer.counters)
-    counted = {key: after[key] - before[key] for key in ("model_tokens", "forward_passes")}
-    counted["padded_tokens"] = after["padded_tokens"] - before["padded_tokens"]
+    counted = {
+        key: after[key] - before[key]
+        for key in ("model_tokens", "forward_passes", "fast_passes", "padded_tokens")
+    }
     return seconds, counted, pair
 
 

@@ -71,7 +71,10 @@ def varlen_reference(
     k_valid = t[None, :] < lens_k[:, None]
     queries = q[(cu_q[:-1, None] + j).clamp(max=q.shape[0] - 1)].float()
     at = (cu_k[:-1, None] + t).clamp(max=k.shape[0] - 1)
-    keys, values = k[at].float(), v[at].float()
+    # past a sequence's keys (e.g. a store's unwritten room) may lie anything, NaN included: zeros,
+    # as flash attention loads them
+    keys = k[at].float().masked_fill(~k_valid[:, :, None, None], 0.0)
+    values = v[at].float().masked_fill(~k_valid[:, :, None, None], 0.0)
     if keys.shape[2] != queries.shape[2]:  # grouped-query attention
         keys = keys.repeat_interleave(queries.shape[2] // keys.shape[2], dim=2)
         values = values.repeat_interleave(queries.shape[2] // values.shape[2], dim=2)
