@@ -114,3 +114,19 @@ def test_keys_past_a_sequences_length_are_never_read() -> None:
     k[5:], v[5:] = float("nan"), float("nan")
     dirty, lse = fa.varlen_reference(q, k, v, *args, causal=False, seqused_k=torch.tensor([4]))
     assert torch.equal(clean, dirty) and torch.isfinite(lse).all()
+
+
+def test_the_half_precision_merge_is_the_float32_one_rounded() -> None:
+    import torch
+
+    torch.manual_seed(2)
+    outs = [torch.randn(50, 4, 16) for _ in range(2)]
+    lses = [torch.randn(4, 50) * 3 for _ in range(2)]
+    exact = fa.merge((outs[0], lses[0]), (outs[1], lses[1]))
+    weight = torch.sigmoid(lses[0] - lses[1]).t()[..., None]
+    assert torch.allclose(exact, weight * outs[0] + (1 - weight) * outs[1], atol=1e-6)
+    half = fa.merge((outs[0].bfloat16(), lses[0]), (outs[1].bfloat16(), lses[1]))
+    assert half.dtype == torch.bfloat16
+    # bf16 inputs, weight and output: within a few bf16 steps of the float32 merge
+    assert float((half.float() - exact).abs().max()) < 0.05
+    assert float((half.float() - exact).abs().mean()) < 0.005

@@ -115,10 +115,17 @@ def merge(
     first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
     """Attention over two disjoint key sets from each one's output and log-sum-exp: the output
-    over their union (the first's weight is sigmoid(lse1 - lse2))."""
+    over their union, ``second + w (first - second)`` with ``w = sigmoid(lse1 - lse2)``.
+
+    In half precision that is one ``torch.lerp`` kernel (float arithmetic inside, the weight
+    rounded to the outputs' dtype), not the six element-wise passes of float32 temporaries that
+    took ~0.2 s of a GPT-2-small-shape tile's 0.93 s on an H100 (``bench.gpu_profile``).
+    """
     (out1, lse1), (out2, lse2) = first, second
-    weight = torch.sigmoid(lse1 - lse2).t()[..., None]
-    return (out1.float() * weight + out2.float() * (1.0 - weight)).to(out1.dtype)
+    weight = torch.sigmoid(lse1 - lse2).t()[..., None]  # (queries, heads, 1), float32
+    if out1.dtype == torch.float32:
+        return out2 + weight * (out1 - out2)
+    return torch.lerp(out2, out1, weight.to(out1.dtype))
 
 
 @dataclass(frozen=True, kw_only=True)
