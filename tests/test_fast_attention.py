@@ -130,3 +130,36 @@ def test_the_half_precision_merge_is_the_float32_one_rounded() -> None:
     # bf16 inputs, weight and output: within a few bf16 steps of the float32 merge
     assert float((half.float() - exact).abs().max()) < 0.05
     assert float((half.float() - exact).abs().mean()) < 0.005
+
+
+def test_a_pass_grouped_by_row_moves_its_positions_with_its_rows() -> None:
+    from nncd_ray.scorers.lm.plan import PassPlan
+
+    ids = np.array([[10, 11, 0], [20, 0, 0], [30, 31, 32]])
+    plan = PassPlan(
+        input_ids=ids,
+        positions=np.array([[5, 6, 7], [2, 3, 4], [5, 6, 7]]),
+        lengths=np.array([2, 1, 3]),
+        prefix_rows=np.array([4, 1, 4]),
+        prefix_lengths=np.array([5, 2, 5]),
+        prefix_width=5,
+        score_at=np.array([0, 3, 6, 8]),  # rows 0, 1, 2, 2
+        score_targets=np.array([11, 0, 31, 0]),
+        score_into=np.array([0, 1, 2, 3]),
+        dist_at=np.array([3]),  # row 1
+        dist_rows=np.array([0]),
+        capture_at=np.array([2]),
+        capture_rows=np.array([0]),
+    )
+    grouped = fa.grouped_by_row(plan)
+    assert grouped.prefix_rows.tolist() == [1, 4, 4]  # stable: row 0 before row 2
+    assert grouped.input_ids.tolist() == [[20, 0, 0], [10, 11, 0], [30, 31, 32]]
+    flat = grouped.input_ids.ravel()
+    # every scored position still holds the token it held
+    assert flat[grouped.score_at].tolist() == ids.ravel()[plan.score_at].tolist()
+    assert flat[grouped.dist_at].tolist() == [20] and grouped.capture_at.tolist() == [2]
+    bounds, starts, lengths, longest = fa.prefix_groups(grouped, slots=8, stride=10)
+    assert bounds.tolist() == [0, 3, 9] and longest == 6  # batch width 3: rows [0], [1, 2]
+    assert lengths.tolist() == [2, 5]
+    assert starts.tolist() == [1 * 10 + 8 - 2, 4 * 10 + 8 - 5, 0]
+    assert fa.grouped_by_row(grouped) is grouped  # already in order

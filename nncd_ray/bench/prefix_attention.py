@@ -13,9 +13,9 @@ of 128 rows (up to 55 tokens each), held slot-major in a store (``passes.PrefixS
    item's row prefix, read where the store holds it (``cu_seq_k`` at the row's first prefix
    slot, ``seqused_k`` its length), and causally over the item's own keys; the two are merged by
    their log-sum-exps. Three layouts: the scorer's (``fast_attention.attention`` on the padded
-   batch, one sequence per item, as a continuation pass runs it on a GPU), and packed without
-   padding with the prefix half per item, or per row (a row's items contiguous, as a planner
-   that keeps them together would lay them out).
+   batch, the own half one sequence per item and the prefix half one per row, a row's items
+   adjacent as the runner orders them), and packed without padding with the prefix half per
+   item, or per row.
 
 It reports milliseconds per layer for each and the largest difference from the gathered result.
 The kernels and the merge are the scorer's own (``scorers.lm.fast_attention``, which runs the
@@ -157,13 +157,18 @@ def measure(device: str, dtype: str, *, quick: bool = False, seed: int = 0) -> d
     def in_place_per_row() -> torch.Tensor:
         return merge(prefix_per_row(), own())
 
+    # the scorer's continuation pass (fast_attention): padded batch, one own-keys sequence per
+    # item, one prefix-half sequence per row (items grouped by row, as the runner orders them)
+    items_per_row = torch.bincount(item_rows, minlength=rows)
     scorer_pass = PassAttention(
         kind=PREFIX,
         kernel=kernel,
         starts=torch.arange(0, (items + 1) * new, new, dtype=torch.int32, device=device),
         store=[(store_k, store_v)],
-        prefix_starts=item_starts,
-        prefix_lengths=item_prefix.int(),
+        prefix_queries=(F.pad(items_per_row.cumsum(0), (1, 0)) * new).int(),
+        prefix_starts=row_starts,
+        prefix_lengths=prefix.int(),
+        longest_group=int(items_per_row.max()) * new,
         width=width,
     )
     layer = SimpleNamespace(layer_idx=0)

@@ -13,6 +13,10 @@ recognised on the host from the plan (:func:`pass_kind`), and run here instead:
   flash attention over the prefix read in place (``cu_seq_k`` at the row's first prefix slot in
   the flattened store, ``seqused_k`` = L), and causal flash attention over the row's own keys,
   merged by their log-sum-exps (:func:`merge`), which is attention over the union of the keys.
+  The pass's batch rows are first ordered by the prefix they continue (:func:`grouped_by_row`),
+  so that the prefix half runs one sequence per prefix (all its items' queries, padding
+  included) instead of one per item: on an H100, one GPT-2-small-shape layer's prefix half
+  took 0.11 ms per prefix against 0.40 ms per item (``bench.prefix_attention``, packed queries).
 
 It is used on CUDA in half precision for models whose layers are all full attention without
 logit soft-capping (:func:`install`), after a probe that the kernel takes these arguments and
@@ -26,11 +30,14 @@ for every call without a :class:`PassAttention` keyword. On a CPU the kernel is
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from nncd_ray.scorers.lm.plan import PassPlan
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +145,15 @@ class PassAttention:
     # (batch + 1,) int32: each batch row's first position in the flattened batch
     starts: torch.Tensor
     # PREFIX: per layer the store's (keys, values), slot-major (rows, slots + room, heads, dim);
-    # each batch row's first prefix slot in the flattened store ((batch + 1,) int32, the last
-    # never read) and its prefix length ((batch,) int32); the longest prefix of the pass
+    # for each group of batch rows continuing one prefix (see prefix_groups): its first
+    # position in the flattened batch ((groups + 1,) int32), the prefix's first slot in the
+    # flattened store ((groups + 1,) int32, the last never read) and its length ((groups,)
+    # int32); the most positions of a group, and the longest prefix of the pass
     store: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    prefix_queries: torch.Tensor | None = None
     prefix_starts: torch.Tensor | None = None
     prefix_lengths: torch.Tensor | None = None
+    longest_group: int = 0
     width: int = 0
 
 
@@ -173,14 +184,15 @@ def attention(
         out = own[0]
     else:
         assert nncd_pass.store is not None and nncd_pass.prefix_starts is not None
+        assert nncd_pass.prefix_queries is not None
         store_keys, store_values = nncd_pass.store[module.layer_idx]
         prefix = kernel(
             q,
             store_keys.view(-1, *store_keys.shape[2:]),
             store_values.view(-1, *store_values.shape[2:]),
-            starts,
+            nncd_pass.prefix_queries,
             nncd_pass.prefix_starts,
-            length,
+            nncd_pass.longest_group,
             nncd_pass.width,
             causal=False,
             seqused_k=nncd_pass.prefix_lengths,
@@ -205,6 +217,50 @@ def pass_kind(
     if prefix_lengths is None:
         return CAUSAL
     return PREFIX if int(prefix_lengths.min(initial=1)) > 0 else None
+
+
+def grouped_by_row(plan: PassPlan) -> PassPlan:
+    """``plan`` with its batch rows ordered (stably) by the prefix they continue, its flat
+    positions and batch-row indices moved with them: the same pass, the same code lengths."""
+    assert plan.prefix_rows is not None and plan.prefix_lengths is not None
+    order = np.argsort(plan.prefix_rows, kind="stable")
+    if np.array_equal(order, np.arange(order.size)):
+        return plan
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    width = plan.input_ids.shape[1]
+
+    def moved(flat: np.ndarray) -> np.ndarray:
+        return inverse[flat // width] * width + flat % width
+
+    return replace(
+        plan,
+        input_ids=plan.input_ids[order],
+        positions=plan.positions[order],
+        lengths=plan.lengths[order],
+        prefix_rows=plan.prefix_rows[order],
+        prefix_lengths=plan.prefix_lengths[order],
+        score_at=moved(plan.score_at),
+        dist_at=moved(plan.dist_at),
+        capture_at=inverse[plan.capture_at],
+    )
+
+
+def prefix_groups(
+    plan: PassPlan, slots: int, stride: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """For a pass grouped by row: each run of batch rows continuing one prefix as one sequence
+    of the prefix half. Returns its first flat position (runs + 1 boundaries), the prefix's
+    first slot in the flattened store (``stride`` positions per store row, prefixes
+    right-aligned before ``slots``; one unread entry appended), its length, and the most
+    positions of a run."""
+    assert plan.prefix_rows is not None and plan.prefix_lengths is not None
+    rows, width = plan.prefix_rows, plan.input_ids.shape[1]
+    firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    bounds = np.r_[firsts, rows.size] * width
+    lengths = plan.prefix_lengths[firsts]
+    starts = np.r_[rows[firsts] * stride + slots - lengths, 0]
+    return bounds, starts, lengths, int(np.diff(bounds).max())
 
 
 def install(model: Any, layout: Any, device: torch.device) -> bool:
@@ -281,10 +337,12 @@ __all__ = [
     "PREFIX",
     "PassAttention",
     "attention",
+    "grouped_by_row",
     "install",
     "kernel_for",
     "merge",
     "pass_kind",
+    "prefix_groups",
     "varlen_flash",
     "varlen_reference",
 ]

@@ -27,7 +27,14 @@ from nncd_ray.scorers.lm.attention import (
     prefix_cache,
 )
 from nncd_ray.scorers.lm.devices import attention_kernels
-from nncd_ray.scorers.lm.fast_attention import PREFIX, PassAttention, kernel_for, pass_kind
+from nncd_ray.scorers.lm.fast_attention import (
+    PREFIX,
+    PassAttention,
+    grouped_by_row,
+    kernel_for,
+    pass_kind,
+    prefix_groups,
+)
 from nncd_ray.scorers.lm.head import (
     HeadRequest,
     ScoringHead,
@@ -148,6 +155,12 @@ class PassRunner:
         plan's ``dist_at`` positions into ``pair_block`` (prefix-store rows × columns view of
         the accumulator).
         """
+        kind = pass_kind(plan.positions, plan.lengths, plan.prefix_lengths) if self.fast else None
+        groups: list[np.ndarray] = []
+        longest = 0
+        if kind == PREFIX and store is not None:
+            plan = grouped_by_row(plan)
+            *groups, longest = prefix_groups(plan, store.slots, store.slots + store.room)
         (
             input_ids,
             positions,
@@ -161,6 +174,7 @@ class PassRunner:
             capture_rows,
             prefix_rows,
             prefix_lengths,
+            *group_arrays,
         ) = self.to_device(
             plan.input_ids,
             plan.positions,
@@ -174,6 +188,7 @@ class PassRunner:
             plan.capture_rows,
             plan.prefix_rows if plan.prefix_rows is not None else np.zeros(0, np.int64),
             plan.prefix_lengths if plan.prefix_lengths is not None else np.zeros(0, np.int64),
+            *groups,
         )
         batch, width = plan.input_ids.shape
         valid = torch.arange(width, device=self.device)[None, :] < lengths[:, None]
@@ -184,7 +199,6 @@ class PassRunner:
             dist_positions=dist_at if wants_dist else None,
             dist_targets=first_tokens if wants_dist else None,
         )
-        kind = pass_kind(plan.positions, plan.lengths, plan.prefix_lengths) if self.fast else None
         cache = None
         if plan.prefix_rows is not None:
             if store is None:
@@ -207,9 +221,7 @@ class PassRunner:
         if cache is not None:
             kwargs[self.cache_argument] = cache
         if kind is not None:
-            kwargs["nncd_pass"] = self._pass_attention(
-                kind, plan, store, prefix_rows, prefix_lengths
-            )
+            kwargs["nncd_pass"] = self._pass_attention(kind, plan, store, group_arrays, longest)
             self.counters.fast_passes += 1
         nll, dist_nll = self._forward(kwargs, request)
         accumulator.index_add_(0, score_into, nll.double())
@@ -227,24 +239,27 @@ class PassRunner:
         kind: str,
         plan: PassPlan,
         store: PrefixStore | None,
-        prefix_rows: torch.Tensor,
-        prefix_lengths: torch.Tensor,
+        groups: list[torch.Tensor],
+        longest: int,
     ) -> PassAttention:
         """The ``nncd_pass`` keyword of a pass that ``fast_attention`` runs: each batch row's
-        first position in the flattened batch and, continuing prefixes, its first prefix slot
-        in the flattened store (built on the device from the pass's own index arrays)."""
+        first position in the flattened batch and, continuing prefixes, the pass's prefix
+        groups (``fast_attention.prefix_groups``, on the device)."""
         batch, width = plan.input_ids.shape
         starts = torch.arange(0, (batch + 1) * width, width, dtype=torch.int32, device=self.device)
+        kernel = kernel_for(self.device)
         if kind != PREFIX or store is None:
-            return PassAttention(kind=kind, kernel=kernel_for(self.device), starts=starts)
-        first = prefix_rows * (store.slots + store.room) + store.slots - prefix_lengths
+            return PassAttention(kind=kind, kernel=kernel, starts=starts)
+        queries, prefix_starts, prefix_lengths = (array.int() for array in groups)
         return PassAttention(
             kind=kind,
-            kernel=kernel_for(self.device),
+            kernel=kernel,
             starts=starts,
             store=store.layers(),
-            prefix_starts=torch.nn.functional.pad(first, (0, 1)).int(),
-            prefix_lengths=prefix_lengths.int(),
+            prefix_queries=queries,
+            prefix_starts=prefix_starts,
+            prefix_lengths=prefix_lengths,
+            longest_group=longest,
             width=plan.prefix_width,
         )
 
