@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from nncd_ray.bench.gpu import (
     GPUBenchConfig,
@@ -255,12 +256,8 @@ def attention_kernels(kernels: tuple[str, ...] | None) -> Iterator[None]:
     cuDNN attention included)."""
     from nncd_ray.scorers.lm import devices
 
-    saved = devices.CUDA_ATTENTION_KERNELS
-    devices.CUDA_ATTENTION_KERNELS = kernels
-    try:
+    with patch.object(devices, "CUDA_ATTENTION_KERNELS", kernels):
         yield
-    finally:
-        devices.CUDA_ATTENTION_KERNELS = saved
 
 
 @contextmanager
@@ -268,12 +265,8 @@ def masked_attention() -> Iterator[None]:
     """Scorers built inside give every pass SDPA with a mask (``fast_attention`` off)."""
     from nncd_ray.scorers.lm import fast_attention
 
-    saved = fast_attention.IN_PLACE_DEVICES
-    fast_attention.IN_PLACE_DEVICES = ()
-    try:
+    with patch.object(fast_attention, "IN_PLACE_DEVICES", ()):
         yield
-    finally:
-        fast_attention.IN_PLACE_DEVICES = saved
 
 
 def run(

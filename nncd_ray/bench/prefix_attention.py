@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -45,9 +46,8 @@ from nncd_ray.scorers.lm.fast_attention import (
     PREFIX,
     PassAttention,
     attention,
+    kernel_for,
     merge,
-    varlen_flash,
-    varlen_reference,
 )
 
 # one continuation pass of the GPT-2-small shape at budget 65,536 on agnews-small (the prefix
@@ -119,34 +119,16 @@ def measure(device: str, dtype: str, *, quick: bool = False, seed: int = 0) -> d
     cu_rows = F.pad(per_row.cumsum(0), (1, 0)).int()
     item_starts = F.pad(first_slot[item_rows], (0, 1)).int()  # the last entry is never read
     row_starts = F.pad(first_slot, (0, 1)).int()
-    kernel = varlen_flash if device.startswith("cuda") else varlen_reference
-    max_row = int(per_row.max())
+    kernel = kernel_for(torch_device)
+    item_lengths, row_lengths = item_prefix.int(), prefix.int()
 
-    def prefix_per_item() -> tuple[torch.Tensor, torch.Tensor]:
-        return kernel(
-            q,
-            flat_k,
-            flat_v,
-            cu_items,
-            item_starts,
-            new,
-            width,
-            causal=False,
-            seqused_k=item_prefix.int(),
-        )
+    def prefix_half(
+        cu_q: torch.Tensor, starts: torch.Tensor, longest: int, used: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return kernel(q, flat_k, flat_v, cu_q, starts, longest, width, causal=False, seqused_k=used)
 
-    def prefix_per_row() -> tuple[torch.Tensor, torch.Tensor]:
-        return kernel(
-            q,
-            flat_k,
-            flat_v,
-            cu_rows,
-            row_starts,
-            max_row,
-            width,
-            causal=False,
-            seqused_k=prefix.int(),
-        )
+    prefix_per_item = partial(prefix_half, cu_items, item_starts, new, item_lengths)
+    prefix_per_row = partial(prefix_half, cu_rows, row_starts, int(per_row.max()), row_lengths)
 
     def own() -> tuple[torch.Tensor, torch.Tensor]:
         return kernel(q, k, v, cu_items, cu_items, new, new, causal=True)
@@ -167,7 +149,7 @@ def measure(device: str, dtype: str, *, quick: bool = False, seed: int = 0) -> d
         store=[(store_k, store_v)],
         prefix_queries=(F.pad(items_per_row.cumsum(0), (1, 0)) * new).int(),
         prefix_starts=row_starts,
-        prefix_lengths=prefix.int(),
+        prefix_lengths=row_lengths,
         longest_group=int(items_per_row.max()) * new,
         width=width,
     )

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 if TYPE_CHECKING:
     from nncd_ray.scorers.lm.plan import PassPlan
@@ -169,8 +170,6 @@ def attention(
 ) -> tuple[torch.Tensor, None]:
     """The model's attention function (:data:`IMPLEMENTATION`): transformers' SDPA unless the
     pass is one of this module's kinds."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if nncd_pass is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     batch, heads, length, dim = query.shape

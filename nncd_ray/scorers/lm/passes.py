@@ -118,8 +118,9 @@ class PassRunner:
         fast: bool = False,
     ) -> None:
         self.model = model
-        # fast_attention installed on the model: its kinds of pass run there
+        # fast_attention installed on the model: its kinds of pass run there, in this kernel
         self.fast = fast
+        self.kernel = kernel_for(device)
         # None: the model builds its own masks from a 2D padding mask (the plain path)
         self.layout = layout
         self.head = head
@@ -247,7 +248,7 @@ class PassRunner:
         groups (``fast_attention.prefix_groups``, on the device)."""
         batch, width = plan.input_ids.shape
         starts = torch.arange(0, (batch + 1) * width, width, dtype=torch.int32, device=self.device)
-        kernel = kernel_for(self.device)
+        kernel = self.kernel
         if kind != PREFIX or store is None:
             return PassAttention(kind=kind, kernel=kernel, starts=starts)
         queries, prefix_starts, prefix_lengths = (array.int() for array in groups)
