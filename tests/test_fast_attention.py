@@ -11,13 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from lm_samples import COLS, ROWS
 
 from nncd_ray.scorers.lm import LMScorer
 from nncd_ray.scorers.lm import fast_attention as fa
 from nncd_ray.testing.tiny_models import build_tiny_model
-
-ROWS = ["Stocks fell sharply on Wall Street.", "x", "Oil rose for a third day as traders worried."]
-COLS = ["A second team sets a launch date.", "ok", "Sox win in overtime.", "New chip ships."]
 
 
 @pytest.fixture(scope="module")
