@@ -67,6 +67,9 @@ def test_in_place_attention_gives_the_masked_paths_code_lengths(
     assert masked.counters.fast_passes == 0
     # every pass of these tiles has one of the two structures
     assert fast.counters.fast_passes == fast.counters.forward_passes > 0
+    # packed: no padding token ran through the model
+    assert fast.counters.padded_tokens == fast.counters.model_tokens
+    assert masked.counters.padded_tokens > masked.counters.model_tokens
     assert bool(merges) == prefix_cache  # continuation passes read prefixes in place
 
 
@@ -130,7 +133,7 @@ def test_the_half_precision_merge_is_the_float32_one_rounded() -> None:
     assert float((half.float() - exact).abs().mean()) < 0.005
 
 
-def test_a_pass_grouped_by_row_moves_its_positions_with_its_rows() -> None:
+def test_a_pass_grouped_by_row_and_packed_moves_its_positions_with_its_rows() -> None:
     from nncd_ray.scorers.lm.plan import PassPlan
 
     ids = np.array([[10, 11, 0], [20, 0, 0], [30, 31, 32]])
@@ -156,8 +159,15 @@ def test_a_pass_grouped_by_row_moves_its_positions_with_its_rows() -> None:
     # every scored position still holds the token it held
     assert flat[grouped.score_at].tolist() == ids.ravel()[plan.score_at].tolist()
     assert flat[grouped.dist_at].tolist() == [20] and grouped.capture_at.tolist() == [2]
-    bounds, starts, lengths, longest = fa.prefix_groups(grouped, slots=8, stride=10)
-    assert bounds.tolist() == [0, 3, 9] and longest == 6  # batch width 3: rows [0], [1, 2]
+    pack = fa.packed(grouped)  # the real tokens as one sequence
+    assert pack.input_ids.tolist() == [[20, 10, 11, 30, 31, 32]]
+    assert pack.positions.tolist() == [[2, 5, 6, 5, 6, 7]]
+    assert pack.starts.tolist() == [0, 1, 3, 6]
+    packed_flat = pack.input_ids.ravel()
+    assert packed_flat[pack.score_at].tolist() == ids.ravel()[plan.score_at].tolist()
+    assert packed_flat[pack.dist_at].tolist() == [20]
+    bounds, starts, lengths, longest = fa.prefix_groups(grouped, pack.starts, slots=8, stride=10)
+    assert bounds.tolist() == [0, 1, 6] and longest == 5  # rows [0], [1, 2]: 1 and 5 tokens
     assert lengths.tolist() == [2, 5]
     assert starts.tolist() == [1 * 10 + 8 - 2, 4 * 10 + 8 - 5, 0]
     assert fa.grouped_by_row(grouped) is grouped  # already in order

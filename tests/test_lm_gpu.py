@@ -121,6 +121,7 @@ def test_flash_varlen_passes_equal_the_masked_ones_on_cuda(
     assert "attention" in fast.fingerprint()["batch_plan"]
     got = fast.score_tile(ROWS, COLS)  # (test_no_host_sync_inside_a_tile runs this path too)
     assert fast.counters.fast_passes == fast.counters.forward_passes > 0
+    assert fast.counters.padded_tokens == fast.counters.model_tokens  # packed: no padding ran
     monkeypatch.setattr(fast_attention, "IN_PLACE_DEVICES", ())
     masked = LMScorer(str(models[arch]), device="cuda", dtype="bf16", prefix_cache=prefix_cache)
     assert masked._masked is not None and not masked._masked.fast

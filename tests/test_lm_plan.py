@@ -3,6 +3,8 @@ the model's shape on a GPU (pure planning: no model runs, meta-device models for
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,8 @@ from paths import AGNEWS_CSV, needs_agnews
 from nncd_ray.bench.gpu import SHAPES
 from nncd_ray.data.protocols import load_protocol
 from nncd_ray.scorers.lm import LMScorer
+from nncd_ray.scorers.lm import batching as lm_batching
 from nncd_ray.scorers.lm import budget as lm_budget
-from nncd_ray.scorers.lm import plan as lm_plan
 from nncd_ray.scorers.lm.budget import pass_cost
 from nncd_ray.scorers.lm.loading import embedded_model_dir
 from nncd_ray.scorers.lm.plan import (
@@ -64,16 +66,47 @@ def test_the_cheapest_order_is_kept(
     assert sorted(int(i) for p in passes for i in p) == list(range(len(widths)))
     for chosen in passes:
         assert len(chosen) == 1 or len(chosen) * widths[chosen].max() <= budget
-        slots = lm_plan.PREFIX_SLOTS_PER_TOKEN * budget
+        slots = lm_batching.PREFIX_SLOTS_PER_TOKEN * budget
         assert len(chosen) == 1 or len(chosen) * prefixes[chosen].max() <= slots
     kept = plan_cost(widths, prefixes, passes, cost, budget)
     singles = []
-    for step in lm_plan.WIDTH_BUCKETS:
-        monkeypatch.setattr(lm_plan, "WIDTH_BUCKETS", (step,))
+    for step in lm_batching.WIDTH_BUCKETS:
+        monkeypatch.setattr(lm_batching, "WIDTH_BUCKETS", (step,))
         single = batch_order(widths, prefixes, budget, cost=cost)
         singles.append(plan_cost(widths, prefixes, single, cost, budget))
     assert kept == pytest.approx(min(singles))
     assert kept < max(singles)  # the orders differ, so choosing among them means something
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_packed_passes_are_filled_with_real_tokens(seed: int) -> None:
+    """Packed passes (fast_attention runs them without padding) hold at most the budget in real
+    tokens, so they are fuller and fewer than padded ones."""
+    rng = np.random.default_rng(seed)
+    widths = rng.integers(5, 120, 3000)
+    prefixes = rng.integers(4, 200, 3000)
+    budget = 16384
+    packed_cost = replace(DEFAULT_COST, packed=True)
+    passes = batch_order(widths, prefixes, budget, cost=packed_cost)
+    assert sorted(int(i) for p in passes for i in p) == list(range(len(widths)))
+    for chosen in passes:
+        assert widths[chosen].sum() <= budget
+        assert len(chosen) * widths[chosen].max() <= lm_batching.PACKED_HOST_BUDGETS * budget
+    # cut points every 3 items here (3,000 items, at most MAX_CUTS segments): a pass falls
+    # short of the budget by less than one segment
+    assert len(passes) <= -(-widths.sum() // (budget - 3 * int(widths.max())))
+    assert len(passes) < len(batch_order(widths, prefixes, budget, cost=DEFAULT_COST))
+
+
+def test_packed_passes_bound_their_padded_host_arrays() -> None:
+    """Thousands of one-token items and one wide item fit one packed pass in real tokens, but
+    not in host arrays padded to the widest: the wide item goes with few of them."""
+    widths = np.array([1] * 6000 + [2000])
+    budget = 16384
+    passes = batch_order(widths, None, budget, cost=replace(DEFAULT_COST, packed=True))
+    assert len(passes) == 2
+    for chosen in passes:
+        assert len(chosen) * widths[chosen].max() <= lm_batching.PACKED_HOST_BUDGETS * budget
 
 
 def test_gpu_cost_follows_the_model_shape() -> None:
@@ -88,7 +121,7 @@ def test_gpu_cost_follows_the_model_shape() -> None:
     # a pass's fixed cost is worth fewer tokens of a bigger model, within the planner's range
     assert gpt2.overhead_tokens is not None and llama.overhead_tokens is not None
     assert llama.overhead_tokens < gpt2.overhead_tokens
-    assert llama.per_pass(65536) == 65536 * lm_plan.PASS_OVERHEAD_RANGE[0]
+    assert llama.per_pass(65536) == 65536 * lm_batching.PASS_OVERHEAD_RANGE[0]
     # float32 on a GPU: a sixth of the arithmetic rate, twice the bytes per slot
     fp32 = pass_cost(shape("gpt2-small", torch.float32), CUDA)
     assert fp32.overhead_tokens == pytest.approx(gpt2.overhead_tokens / 6)
@@ -133,12 +166,12 @@ def test_the_gpu_cost_model_cuts_continuation_padding() -> None:
         )
         return padded, real, modelled
 
-    old = lm_plan.WIDTH_BUCKETS
+    old = lm_batching.WIDTH_BUCKETS
     try:
-        lm_plan.WIDTH_BUCKETS = (0.125,)
+        lm_batching.WIDTH_BUCKETS = (0.125,)
         before = planned(DEFAULT_COST)
     finally:
-        lm_plan.WIDTH_BUCKETS = old
+        lm_batching.WIDTH_BUCKETS = old
     after = planned(cost)
     assert after[1] == before[1]  # the same tokens
     assert after[0] / after[1] < 1.03 < before[0] / before[1]

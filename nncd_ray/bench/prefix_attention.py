@@ -12,14 +12,14 @@ of 128 rows (up to 55 tokens each), held slot-major in a store (``passes.PrefixS
 2. **in place**: nothing is copied. Variable-length flash attention runs twice: over each
    item's row prefix, read where the store holds it (``cu_seq_k`` at the row's first prefix
    slot, ``seqused_k`` its length), and causally over the item's own keys; the two are merged by
-   their log-sum-exps. Three layouts: the scorer's (``fast_attention.attention`` on the padded
-   batch, the own half one sequence per item and the prefix half one per row, a row's items
-   adjacent as the runner orders them), and packed without padding with the prefix half per
-   item, or per row.
+   their log-sum-exps. Three variants, all on packed queries (no padding): the prefix half
+   one sequence per item, or one per row (a row's items adjacent, as the runner orders them),
+   and the latter through the scorer's own ``fast_attention.attention`` (what a packed
+   continuation pass runs).
 
 It reports milliseconds per layer for each and the largest difference from the gathered result.
 The kernels and the merge are the scorer's own (``scorers.lm.fast_attention``, which runs the
-per-item variant in the scorer's continuation passes on a GPU). On a CPU, which has no flash
+per-row variant in the scorer's continuation passes on a GPU). On a CPU, which has no flash
 kernel, the in-place variants run ``varlen_reference`` (the math of the same kernel).
 
     python -m nncd_ray.bench.prefix_attention [--device cuda] [--out DIR]
@@ -139,25 +139,25 @@ def measure(device: str, dtype: str, *, quick: bool = False, seed: int = 0) -> d
     def in_place_per_row() -> torch.Tensor:
         return merge(prefix_per_row(), own())
 
-    # the scorer's continuation pass (fast_attention): padded batch, one own-keys sequence per
-    # item, one prefix-half sequence per row (items grouped by row, as the runner orders them)
-    items_per_row = torch.bincount(item_rows, minlength=rows)
+    # the scorer's packed continuation pass (fast_attention.attention): one own-keys sequence
+    # per item, one prefix-half sequence per row (items grouped by row, as the runner orders them)
     scorer_pass = PassAttention(
         kind=PREFIX,
         kernel=kernel,
-        starts=torch.arange(0, (items + 1) * new, new, dtype=torch.int32, device=device),
+        starts=cu_items,
+        longest=new,
         store=[(store_k, store_v)],
-        prefix_queries=(F.pad(items_per_row.cumsum(0), (1, 0)) * new).int(),
+        prefix_queries=cu_rows,
         prefix_starts=row_starts,
         prefix_lengths=row_lengths,
-        longest_group=int(items_per_row.max()) * new,
+        longest_group=int(per_row.max()),
         width=width,
     )
     layer = SimpleNamespace(layer_idx=0)
 
     def in_place_scorer() -> torch.Tensor:
-        query, key, value = (x.transpose(1, 2) for x in (q_pad, k_pad, v_pad))
-        return attention(layer, query, key, value, mask, nncd_pass=scorer_pass)[0][valid]
+        query, key, value = (x[None].transpose(1, 2) for x in (q, k, v))  # (1, heads, T, dim)
+        return attention(layer, query, key, value, None, nncd_pass=scorer_pass)[0][0]
 
     expected = gathered().transpose(1, 2)[valid].float()
     repeats = 3 if quick else 50

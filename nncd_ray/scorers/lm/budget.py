@@ -9,11 +9,12 @@ large enough to fill the cores, so the default stays moderate.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from nncd_ray.scorers.lm.plan import DEFAULT_COST, PassCost
+from nncd_ray.scorers.lm.batching import DEFAULT_COST, PassCost
 
 # default token budget on a CPU (tokens of padded input per forward pass)
 CPU_TOKEN_BUDGET = 8192
@@ -90,8 +91,9 @@ def prefix_slot_bytes(config: Any, dtype: torch.dtype) -> int:
     return 2 * kv * layers * torch.tensor([], dtype=dtype).element_size()
 
 
-def pass_cost(model: Any, device: torch.device) -> PassCost:
-    """The planner's cost model for ``model`` on ``device`` (see :class:`PassCost`).
+def pass_cost(model: Any, device: torch.device, *, packed: bool = False) -> PassCost:
+    """The planner's cost model for ``model`` on ``device`` (see :class:`PassCost`); ``packed``:
+    its passes run packed, prefixes read in place (``fast_attention`` is installed).
 
     On a GPU: per layer and per token the projections and MLP cost ``2 × layer parameters``
     FLOPs; one query against one key costs ``4 × query width`` FLOPs (scores and weighted
@@ -102,7 +104,7 @@ def pass_cost(model: Any, device: torch.device) -> PassCost:
     float32). Elsewhere: :data:`~nncd_ray.scorers.lm.plan.DEFAULT_COST`.
     """
     if device.type != "cuda":
-        return DEFAULT_COST
+        return replace(DEFAULT_COST, packed=packed)
     _, _, kv, layers = _dims(model.config)
     heads, _, head_dim = _heads(model.config)
     embeddings = {id(m.weight): m.weight.numel() for m in _embedding_modules(model)}
@@ -115,6 +117,7 @@ def pass_cost(model: Any, device: torch.device) -> PassCost:
         attention=4.0 * heads * head_dim / per_token,
         prefix_slot=slot_bytes * GPU_FLOPS_PER_BYTE / slowdown / per_token,
         overhead_tokens=GPU_PASS_SECONDS * GPU_FLOPS / slowdown / (2.0 * total),
+        packed=packed,
     )
 
 

@@ -5,18 +5,21 @@ The masked passes of :mod:`~nncd_ray.scorers.lm.passes` give SDPA a boolean mask
 positions, which only the memory-efficient kernel takes, and a continuation pass first copies
 each item's prefix keys/values out of the store (``attention.PrefixLayer``): on an H100 that copy
 was 15% of a GPT-2-small-shape tile's device time. Two kinds of pass have a simpler structure,
-recognised on the host from the plan (:func:`pass_kind`), and run here instead:
+recognised on the host from the plan (:func:`pass_kind`), and run here instead, *packed*: the
+batch's real tokens as one sequence ``(1, tokens)`` (:func:`packed`), so no padding token runs
+through the model's projections, MLP or attention, and the planner fills a pass with real
+tokens up to the budget (``batching.PassCost.packed``):
 
-- **causal**: every batch row is one sequence at positions 0, 1, … (padding after it): flash
-  attention with a causal mask, nothing else;
+- **causal**: every batch row is one sequence at positions 0, 1, …: causal flash attention over
+  each row's tokens (``cu_seqlens`` at the rows' starts), nothing else;
 - **prefix**: every batch row continues one cached prefix of length L at positions L, L + 1, …:
   flash attention over the prefix read in place (``cu_seq_k`` at the row's first prefix slot in
   the flattened store, ``seqused_k`` = L), and causal flash attention over the row's own keys,
   merged by their log-sum-exps (:func:`merge`), which is attention over the union of the keys.
   The pass's batch rows are first ordered by the prefix they continue (:func:`grouped_by_row`),
-  so that the prefix half runs one sequence per prefix (all its items' queries, padding
-  included) instead of one per item: on an H100, one GPT-2-small-shape layer's prefix half
-  took 0.11 ms per prefix against 0.40 ms per item (``bench.prefix_attention``, packed queries).
+  so that the prefix half runs one sequence per prefix (all its items' queries) instead of one
+  per item: on an H100, one GPT-2-small-shape layer's prefix half took 0.11 ms per prefix
+  against 0.40 ms per item (``bench.prefix_attention``, packed queries).
 
 It is used on CUDA in half precision for models whose layers are all full attention without
 logit soft-capping (:func:`install`), after a probe that the kernel takes these arguments and
@@ -43,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMPLEMENTATION = "nncd_sdpa"
+# what a store's fingerprint records of the batches fast passes run in (bf16 rounding depends
+# on them): packed passes, planned as such (``batching.PassCost.packed``)
+FAST_PLAN = "flash-varlen, packed passes, prefixes in place"
 # devices whose scorers run the kinds of pass above here (CUDA: flash attention; others: the
 # reference, for tests)
 IN_PLACE_DEVICES: tuple[str, ...] = ("cuda",)
@@ -143,11 +149,13 @@ class PassAttention:
     kind: str  # CAUSAL or PREFIX
     # the kernel: varlen_flash on CUDA, varlen_reference elsewhere
     kernel: Any
-    # (batch + 1,) int32: each batch row's first position in the flattened batch
+    # (batch + 1,) int32: each batch row's first position in the packed sequence (see packed)
     starts: torch.Tensor
+    # the most real tokens of a batch row
+    longest: int
     # PREFIX: per layer the store's (keys, values), slot-major (rows, slots + room, heads, dim);
     # for each group of batch rows continuing one prefix (see prefix_groups): its first
-    # position in the flattened batch ((groups + 1,) int32), the prefix's first slot in the
+    # position in the packed sequence ((groups + 1,) int32), the prefix's first slot in the
     # flattened store ((groups + 1,) int32, the last never read) and its length ((groups,)
     # int32); the most positions of a group, and the longest prefix of the pass
     store: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -177,8 +185,8 @@ def attention(
     q = query.transpose(1, 2).reshape(batch * length, heads, dim)
     k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
     v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
-    starts, kernel = nncd_pass.starts, nncd_pass.kernel
-    own = kernel(q, k, v, starts, starts, length, length, causal=True, scale=scale)
+    starts, kernel, longest = nncd_pass.starts, nncd_pass.kernel, nncd_pass.longest
+    own = kernel(q, k, v, starts, starts, longest, longest, causal=True, scale=scale)
     if nncd_pass.kind == CAUSAL:
         out = own[0]
     else:
@@ -245,18 +253,50 @@ def grouped_by_row(plan: PassPlan) -> PassPlan:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Packed:
+    """A pass's batch as one sequence of its real tokens, ``(1, tokens)``, as host arrays: what
+    runs through the model (no padding token does), with the plan's flat ``row × width +
+    column`` positions moved to the packed ones."""
+
+    input_ids: np.ndarray
+    positions: np.ndarray
+    # (batch + 1,): each batch row's first position in the packed sequence, then the total
+    starts: np.ndarray
+    score_at: np.ndarray
+    dist_at: np.ndarray
+
+
+def packed(plan: PassPlan) -> Packed:
+    """The pass ``plan`` packed (see :class:`Packed`)."""
+    width = plan.input_ids.shape[1]
+    starts = np.r_[0, np.cumsum(plan.lengths)].astype(np.int64)
+    real = np.flatnonzero((np.arange(width)[None, :] < plan.lengths[:, None]).ravel())
+
+    def moved(flat: np.ndarray) -> np.ndarray:
+        return starts[flat // width] + flat % width
+
+    return Packed(
+        input_ids=plan.input_ids.ravel()[real][None, :],
+        positions=plan.positions.ravel()[real][None, :],
+        starts=starts,
+        score_at=moved(plan.score_at),
+        dist_at=moved(plan.dist_at),
+    )
+
+
 def prefix_groups(
-    plan: PassPlan, slots: int, stride: int
+    plan: PassPlan, starts: np.ndarray, slots: int, stride: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """For a pass grouped by row: each run of batch rows continuing one prefix as one sequence
-    of the prefix half. Returns its first flat position (runs + 1 boundaries), the prefix's
-    first slot in the flattened store (``stride`` positions per store row, prefixes
-    right-aligned before ``slots``; one unread entry appended), its length, and the most
-    positions of a run."""
+    """For a pass grouped by row whose batch rows start at ``starts`` (see :class:`Packed`):
+    each run of batch rows continuing one prefix as one sequence of the prefix half. Returns
+    its first position (runs + 1 boundaries), the prefix's first slot in the flattened store
+    (``stride`` positions per store row, prefixes right-aligned before ``slots``; one unread
+    entry appended), its length, and the most positions of a run."""
     assert plan.prefix_rows is not None and plan.prefix_lengths is not None
-    rows, width = plan.prefix_rows, plan.input_ids.shape[1]
+    rows = plan.prefix_rows
     firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    bounds = np.r_[firsts, rows.size] * width
+    bounds = starts[np.r_[firsts, rows.size]]
     lengths = plan.prefix_lengths[firsts]
     starts = np.r_[rows[firsts] * stride + slots - lengths, 0]
     return bounds, starts, lengths, int(np.diff(bounds).max())
@@ -331,15 +371,18 @@ def _probe_once() -> bool:
 
 __all__ = [
     "CAUSAL",
+    "FAST_PLAN",
     "IMPLEMENTATION",
     "IN_PLACE_DEVICES",
     "PREFIX",
+    "Packed",
     "PassAttention",
     "attention",
     "grouped_by_row",
     "install",
     "kernel_for",
     "merge",
+    "packed",
     "pass_kind",
     "prefix_groups",
     "varlen_flash",

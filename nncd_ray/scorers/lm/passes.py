@@ -32,6 +32,7 @@ from nncd_ray.scorers.lm.fast_attention import (
     PassAttention,
     grouped_by_row,
     kernel_for,
+    packed,
     pass_kind,
     prefix_groups,
 )
@@ -80,19 +81,21 @@ class PrefixStore:
     values: list[torch.Tensor] = field(default_factory=list)
 
     def put(
-        self, cache: Any, batch_rows: torch.Tensor, store_rows: torch.Tensor, lengths: torch.Tensor
+        self, cache: Any, starts: torch.Tensor, store_rows: torch.Tensor, lengths: torch.Tensor
     ) -> None:
-        """Copy batch rows ``batch_rows`` of a capture cache (``(batch, kv_heads, positions,
-        head_dim)``, left-aligned, ``lengths`` real tokens each) into store rows
-        ``store_rows``, right-aligned."""
+        """Copy the sequences of a capture cache (``(batch, kv_heads, positions, head_dim)``)
+        that start at flat positions ``starts`` (``batch row × positions + position``; a packed
+        pass is one batch row) and hold ``lengths`` tokens into store rows ``store_rows``,
+        right-aligned."""
         shift = self.slots - lengths  # slot t of the store holds source position t - shift
         source = torch.arange(self.slots, device=lengths.device)[None, :] - shift[:, None]
-        source = source.clamp(min=0)  # slots before the prefix copy position 0 (masked anyway)
+        # slots before the prefix copy the sequence's position 0 (never read)
+        source = source.clamp(min=0) + starts[:, None]
         for index, layer in enumerate(cache.layers):
             for name, tensor in (("keys", layer.keys), ("values", layer.values)):
-                picked = tensor.index_select(0, batch_rows).transpose(1, 2)
-                gather = source[:, :, None, None].expand(-1, -1, picked.shape[2], picked.shape[3])
-                aligned = picked.gather(1, gather)
+                positions = tensor.shape[2]
+                # (rows, slots, kv_heads, head_dim), one index kernel, no copy of the pass
+                aligned = tensor.transpose(1, 2)[source // positions, source % positions]
                 target = getattr(self, name)
                 if len(target) <= index:
                     heads, dim = aligned.shape[2], aligned.shape[3]
@@ -129,6 +132,7 @@ class PassRunner:
         self.counters = counters
         self.layers = int(model.config.num_hidden_layers)
         self.dtype = next(model.parameters()).dtype
+        self._placeholder: Any = None  # see _unused_mask
 
     def to_device(self, *arrays: np.ndarray) -> list[torch.Tensor]:
         """int64 host arrays -> device tensors: one pinned buffer, one non-blocking copy."""
@@ -157,15 +161,39 @@ class PassRunner:
         the accumulator).
         """
         kind = pass_kind(plan.positions, plan.lengths, plan.prefix_lengths) if self.fast else None
+        if self.fast and kind is None:  # planned packed (see batching.PassCost.packed)
+            raise RuntimeError("a pass of the fast path is neither causal nor a continuation")
+        if kind == PREFIX:
+            plan = grouped_by_row(plan)
+        batch, width = plan.input_ids.shape
+        if kind is None:  # padded: the plan's arrays as they are
+            ids, true_positions, score_at_host, dist_at_host = (
+                plan.input_ids,
+                plan.positions,
+                plan.score_at,
+                plan.dist_at,
+            )
+            starts_host = np.arange(batch + 1, dtype=np.int64) * width
+        else:  # packed: the real tokens as one sequence
+            pack = packed(plan)
+            ids, true_positions, score_at_host, dist_at_host, starts_host = (
+                pack.input_ids,
+                pack.positions,
+                pack.score_at,
+                pack.dist_at,
+                pack.starts,
+            )
         groups: list[np.ndarray] = []
         longest = 0
         if kind == PREFIX and store is not None:
-            plan = grouped_by_row(plan)
-            *groups, longest = prefix_groups(plan, store.slots, store.slots + store.room)
+            *groups, longest = prefix_groups(
+                plan, starts_host, store.slots, store.slots + store.room
+            )
         (
             input_ids,
             positions,
             lengths,
+            starts,
             score_at,
             score_targets,
             score_into,
@@ -177,13 +205,14 @@ class PassRunner:
             prefix_lengths,
             *group_arrays,
         ) = self.to_device(
-            plan.input_ids,
-            plan.positions,
+            ids,
+            true_positions,
             plan.lengths,
-            plan.score_at,
+            starts_host,
+            score_at_host,
             plan.score_targets,
             plan.score_into,
-            plan.dist_at,
+            dist_at_host,
             plan.dist_rows,
             plan.capture_at,
             plan.capture_rows,
@@ -191,8 +220,6 @@ class PassRunner:
             plan.prefix_lengths if plan.prefix_lengths is not None else np.zeros(0, np.int64),
             *groups,
         )
-        batch, width = plan.input_ids.shape
-        valid = torch.arange(width, device=self.device)[None, :] < lengths[:, None]
         wants_dist = first_tokens is not None and plan.dist_at.size > 0
         request = HeadRequest(
             positions=score_at,
@@ -216,23 +243,29 @@ class PassRunner:
         kwargs: dict[str, Any] = {
             "input_ids": input_ids,
             "position_ids": positions,
-            "attention_mask": self._masks(plan, positions, valid, prefix_lengths),
             "use_cache": cache is not None,
         }
         if cache is not None:
             kwargs[self.cache_argument] = cache
-        if kind is not None:
-            kwargs["nncd_pass"] = self._pass_attention(kind, plan, store, group_arrays, longest)
+        if kind is None:
+            valid = torch.arange(width, device=self.device)[None, :] < lengths[:, None]
+            kwargs["attention_mask"] = self._masks(plan, positions, valid, prefix_lengths)
+        else:
+            kwargs["attention_mask"] = self._unused_mask()
+            kwargs["nncd_pass"] = self._pass_attention(
+                kind, plan, store, starts, group_arrays, longest
+            )
             self.counters.fast_passes += 1
         nll, dist_nll = self._forward(kwargs, request)
         accumulator.index_add_(0, score_into, nll.double())
         if dist_nll is not None and pair_block is not None:
             pair_block.index_add_(0, dist_rows, dist_nll.double())
         if plan.capture_at.size and store is not None and cache is not None:
-            store.put(cache, capture_at, capture_rows, lengths.index_select(0, capture_at))
+            captured = lengths.index_select(0, capture_at)
+            store.put(cache, starts.index_select(0, capture_at), capture_rows, captured)
         self.counters.forward_passes += 1
         self.counters.model_tokens += plan.real_tokens
-        self.counters.padded_tokens += plan.padded_tokens
+        self.counters.padded_tokens += plan.padded_tokens if kind is None else plan.real_tokens
         self.counters.prefix_slots += batch * plan.prefix_width
 
     def _pass_attention(
@@ -240,22 +273,24 @@ class PassRunner:
         kind: str,
         plan: PassPlan,
         store: PrefixStore | None,
+        starts: torch.Tensor,
         groups: list[torch.Tensor],
         longest: int,
     ) -> PassAttention:
-        """The ``nncd_pass`` keyword of a pass that ``fast_attention`` runs: each batch row's
-        first position in the flattened batch and, continuing prefixes, the pass's prefix
+        """The ``nncd_pass`` keyword of a packed pass that ``fast_attention`` runs: each batch
+        row's first position in the packed sequence and, continuing prefixes, the pass's prefix
         groups (``fast_attention.prefix_groups``, on the device)."""
-        batch, width = plan.input_ids.shape
-        starts = torch.arange(0, (batch + 1) * width, width, dtype=torch.int32, device=self.device)
-        kernel = self.kernel
+        common = {
+            "kind": kind,
+            "kernel": self.kernel,
+            "starts": starts.int(),
+            "longest": int(plan.lengths.max()),
+        }
         if kind != PREFIX or store is None:
-            return PassAttention(kind=kind, kernel=kernel, starts=starts)
+            return PassAttention(**common)
         queries, prefix_starts, prefix_lengths = (array.int() for array in groups)
         return PassAttention(
-            kind=kind,
-            kernel=kernel,
-            starts=starts,
+            **common,
             store=store.layers(),
             prefix_queries=queries,
             prefix_starts=prefix_starts,
@@ -263,6 +298,15 @@ class PassRunner:
             longest_group=longest,
             width=plan.prefix_width,
         )
+
+    def _unused_mask(self) -> Any:
+        """A placeholder 4D mask for packed passes, whose attention takes no mask: transformers
+        passes a 4D mask through as given, so the model builds none (one of ``tokens²``)."""
+        if self._placeholder is None:
+            mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)
+            types = self.layout.mask_types if self.layout is not None else None
+            self._placeholder = {kind: mask for kind in types} if types else mask
+        return self._placeholder
 
     def _masks(
         self,

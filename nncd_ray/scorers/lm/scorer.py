@@ -159,7 +159,8 @@ class LMScorer(BaseScorer):
         self.counters = PassCounters()
         # prefix positions a tile may cache at once (row groups); fixed for the scorer's life
         self._prefix_capacity = prefix_capacity(self.model, self.device)
-        self._pass_cost = pass_cost(self.model, self.device)  # what the batch plans minimise
+        # what the batch plans minimise (packed where the runner is fast: see _plan)
+        self._pass_cost = pass_cost(self.model, self.device)
         self.head = install_scoring_head(self.model)
         self.layout = attention_layout(self.model)
         common: dict[str, Any] = {
@@ -270,11 +271,12 @@ class LMScorer(BaseScorer):
             }
             if self.device.type == "cuda":  # another attention kernel rounds differently
                 from nncd_ray.scorers.lm.devices import CUDA_ATTENTION_KERNELS
+                from nncd_ray.scorers.lm.fast_attention import FAST_PLAN
 
                 kernels = CUDA_ATTENTION_KERNELS
                 fingerprint["batch_plan"]["attention_kernels"] = kernels and list(kernels)
                 if self._masked is not None and self._masked.fast:
-                    fingerprint["batch_plan"]["attention"] = "flash-varlen, prefixes in place"
+                    fingerprint["batch_plan"]["attention"] = FAST_PLAN
         return fingerprint
 
     def document_bits(self, texts: Sequence[str]) -> NDArray[np.float64]:
@@ -471,7 +473,7 @@ class LMScorer(BaseScorer):
             want_cols=want_cols,
             prefix_capacity=max(budget, self._prefix_capacity),
             wanted=wanted,
-            cost=self._pass_cost,
+            cost=replace(self._pass_cost, packed=self._runner(path).fast),
         )
 
     def _replan(self, prepared: PreparedTile) -> PreparedTile:
