@@ -76,3 +76,28 @@ def test_gpu_profile_quick_on_cpu(tmp_path: Path) -> None:
     assert family("fmha_cutlassF_bf16_aligned_64x64_rf_sm80") == "attention"
     assert family("void at::native::index_elementwise_kernel") == "gather / copy"
     assert family("void at::native::vectorized_layer_norm_kernel").startswith("other")
+
+
+@needs_agnews
+@needs_books
+def test_gpu_plans_quick_on_cpu(tmp_path: Path) -> None:
+    """The plans a GPU would run, counted on the CPU: packed passes run exactly the real tokens
+    and are no more than the padded ones, which run at least the real tokens."""
+    from nncd_ray.bench.gpu_plans import main as plans_main
+
+    args = ["--data", str(SHARED_DATA / "agnews" / "test.csv"), "--quick", "--budget", "256"]
+    assert plans_main([*args, "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "gpu-plans.json").read_text())
+    for model in ("gpt2-small", "llama-1.2b"):
+        paths = results["models"][model]
+        assert set(paths) == {"prefix-cached", "naive"}
+        # the same documents: the naive path runs every pair's row document again
+        assert (
+            paths["naive"]["packed"]["model_tokens"]
+            > paths["prefix-cached"]["packed"]["model_tokens"]
+        )
+        for layouts in paths.values():
+            padded, packed = layouts["padded"], layouts["packed"]
+            assert packed["model_tokens"] == padded["model_tokens"] == packed["tokens_run"]
+            assert padded["tokens_run"] > padded["model_tokens"]
+            assert packed["forward_passes"] <= padded["forward_passes"]
