@@ -22,7 +22,7 @@ from nncd_ray.testing.tiny_models import build_tiny_model
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tokenizer = build_tiny_model(tmp_path_factory.mktemp("tokenizer"), vocab_size=300)
     built = {}
-    for arch in ("gpt2", "llama", "mistral", "gemma2"):
+    for arch in ("gpt2", "llama", "qwen3", "gpt_neox", "mistral", "gemma2"):
         built[arch] = build_tiny_model(
             tmp_path_factory.mktemp(arch),
             arch=arch,  # type: ignore[arg-type]
@@ -34,7 +34,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return built
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen3", "gpt_neox"])  # qwen3: masks by type
 @pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix-cached", "naive"])
 @pytest.mark.parametrize("budget", [64, 4096])
 def test_in_place_attention_gives_the_masked_paths_code_lengths(
