@@ -4,7 +4,9 @@ A :class:`PassRunner` turns a :class:`~nncd_ray.scorers.lm.plan.PassPlan` into o
 its integer arrays travel in one pinned buffer with one non-blocking copy; masks, prefix gathers
 and the scoring indices are built on the device; −ln p goes into a float64 accumulator on the
 device with ``index_add_``. The only host synchronisation of a tile is reading the accumulator
-at its end (``tests/test_lm_gpu.py`` checks that with CUDA's sync debug mode).
+at its end (``tests/test_lm_gpu.py`` checks that with CUDA's sync debug mode). A runner with
+``fast_attention`` installed runs its passes packed instead: the real tokens as one sequence,
+no mask, prefixes read in place (see that module).
 
 The :class:`PrefixStore` holds a group of row prefixes' keys/values, slot-major and
 right-aligned (a prefix of length L occupies the last L slots), so that a continuation pass
