@@ -210,15 +210,11 @@ def pass_seconds(value: float | str) -> Iterator[None]:
     """The planner's estimated fixed cost of a pass set to ``value`` seconds, or
     :data:`SHAPE_BLIND` for the CPU's shape-blind weights (scorers built meanwhile plan so)."""
     from nncd_ray.scorers.lm import budget as lm_budget
-    from nncd_ray.scorers.lm.plan import DEFAULT_COST, PassCost
+    from nncd_ray.scorers.lm.plan import DEFAULT_COST
 
     saved, saved_cost = lm_budget.GPU_PASS_SECONDS, lm_budget.pass_cost
     if value == SHAPE_BLIND:
-
-        def shape_blind(model: Any, device: Any, *, packed: bool = False) -> PassCost:
-            return replace(DEFAULT_COST, packed=packed)
-
-        lm_budget.pass_cost = shape_blind
+        lm_budget.pass_cost = lambda model, device: DEFAULT_COST
     else:
         lm_budget.GPU_PASS_SECONDS = float(value)
     try:

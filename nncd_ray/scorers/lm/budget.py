@@ -9,7 +9,6 @@ large enough to fill the cores, so the default stays moderate.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -91,9 +90,9 @@ def prefix_slot_bytes(config: Any, dtype: torch.dtype) -> int:
     return 2 * kv * layers * torch.tensor([], dtype=dtype).element_size()
 
 
-def pass_cost(model: Any, device: torch.device, *, packed: bool = False) -> PassCost:
-    """The planner's cost model for ``model`` on ``device`` (see :class:`PassCost`); ``packed``:
-    its passes run packed, prefixes read in place (``fast_attention`` is installed).
+def pass_cost(model: Any, device: torch.device) -> PassCost:
+    """The planner's cost model for ``model`` on ``device`` (see :class:`PassCost`), for padded
+    passes (the scorer marks it ``packed`` where its runner runs fast passes).
 
     On a GPU: per layer and per token the projections and MLP cost ``2 × layer parameters``
     FLOPs; one query against one key costs ``4 × query width`` FLOPs (scores and weighted
@@ -104,7 +103,7 @@ def pass_cost(model: Any, device: torch.device, *, packed: bool = False) -> Pass
     float32). Elsewhere: :data:`~nncd_ray.scorers.lm.plan.DEFAULT_COST`.
     """
     if device.type != "cuda":
-        return replace(DEFAULT_COST, packed=packed)
+        return DEFAULT_COST
     _, _, kv, layers = _dims(model.config)
     heads, _, head_dim = _heads(model.config)
     embeddings = {id(m.weight): m.weight.numel() for m in _embedding_modules(model)}
@@ -117,7 +116,6 @@ def pass_cost(model: Any, device: torch.device, *, packed: bool = False) -> Pass
         attention=4.0 * heads * head_dim / per_token,
         prefix_slot=slot_bytes * GPU_FLOPS_PER_BYTE / slowdown / per_token,
         overhead_tokens=GPU_PASS_SECONDS * GPU_FLOPS / slowdown / (2.0 * total),
-        packed=packed,
     )
 
 
