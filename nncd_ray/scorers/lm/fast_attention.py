@@ -254,21 +254,34 @@ def grouped_by_row(plan: PassPlan) -> PassPlan:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Packed:
-    """A pass's batch as one sequence of its real tokens, ``(1, tokens)``, as host arrays: what
-    runs through the model (no padding token does), with the plan's flat ``row × width +
-    column`` positions moved to the packed ones."""
+class PassInputs:
+    """What of a pass runs through the model, as host arrays: its tokens and their true
+    positions, each batch row's first position in the flattened inputs, and the flat positions
+    scored and whose distribution is taken."""
 
     input_ids: np.ndarray
     positions: np.ndarray
-    # (batch + 1,): each batch row's first position in the packed sequence, then the total
+    # (batch + 1,): each batch row's first flat position, then the total
     starts: np.ndarray
     score_at: np.ndarray
     dist_at: np.ndarray
 
 
-def packed(plan: PassPlan) -> Packed:
-    """The pass ``plan`` packed (see :class:`Packed`)."""
+def padded(plan: PassPlan) -> PassInputs:
+    """The plan's own ``(batch, width)`` arrays, rows ``width`` positions apart."""
+    batch, width = plan.input_ids.shape
+    return PassInputs(
+        input_ids=plan.input_ids,
+        positions=plan.positions,
+        starts=np.arange(batch + 1, dtype=np.int64) * width,
+        score_at=plan.score_at,
+        dist_at=plan.dist_at,
+    )
+
+
+def packed(plan: PassPlan) -> PassInputs:
+    """The pass's real tokens as one sequence ``(1, tokens)`` (no padding token runs through
+    the model), the plan's flat ``row × width + column`` positions moved to the packed ones."""
     width = plan.input_ids.shape[1]
     starts = np.r_[0, np.cumsum(plan.lengths)].astype(np.int64)
     real = np.flatnonzero((np.arange(width)[None, :] < plan.lengths[:, None]).ravel())
@@ -276,7 +289,7 @@ def packed(plan: PassPlan) -> Packed:
     def moved(flat: np.ndarray) -> np.ndarray:
         return starts[flat // width] + flat % width
 
-    return Packed(
+    return PassInputs(
         input_ids=plan.input_ids.ravel()[real][None, :],
         positions=plan.positions.ravel()[real][None, :],
         starts=starts,
@@ -288,7 +301,7 @@ def packed(plan: PassPlan) -> Packed:
 def prefix_groups(
     plan: PassPlan, starts: np.ndarray, slots: int, stride: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """For a pass grouped by row whose batch rows start at ``starts`` (see :class:`Packed`):
+    """For a pass grouped by row whose batch rows start at ``starts`` (see :class:`PassInputs`):
     each run of batch rows continuing one prefix as one sequence of the prefix half. Returns
     its first position (runs + 1 boundaries), the prefix's first slot in the flattened store
     (``stride`` positions per store row, prefixes right-aligned before ``slots``; one unread
@@ -375,14 +388,15 @@ __all__ = [
     "IMPLEMENTATION",
     "IN_PLACE_DEVICES",
     "PREFIX",
-    "Packed",
     "PassAttention",
+    "PassInputs",
     "attention",
     "grouped_by_row",
     "install",
     "kernel_for",
     "merge",
     "packed",
+    "padded",
     "pass_kind",
     "prefix_groups",
     "varlen_flash",

@@ -35,6 +35,7 @@ from nncd_ray.scorers.lm.fast_attention import (
     grouped_by_row,
     kernel_for,
     packed,
+    padded,
     pass_kind,
     prefix_groups,
 )
@@ -168,28 +169,12 @@ class PassRunner:
         if kind == PREFIX:
             plan = grouped_by_row(plan)
         batch, width = plan.input_ids.shape
-        if kind is None:  # padded: the plan's arrays as they are
-            ids, true_positions, score_at_host, dist_at_host = (
-                plan.input_ids,
-                plan.positions,
-                plan.score_at,
-                plan.dist_at,
-            )
-            starts_host = np.arange(batch + 1, dtype=np.int64) * width
-        else:  # packed: the real tokens as one sequence
-            pack = packed(plan)
-            ids, true_positions, score_at_host, dist_at_host, starts_host = (
-                pack.input_ids,
-                pack.positions,
-                pack.score_at,
-                pack.dist_at,
-                pack.starts,
-            )
+        inputs = padded(plan) if kind is None else packed(plan)  # fast passes: no padding
         groups: list[np.ndarray] = []
         longest = 0
         if kind == PREFIX and store is not None:
             *groups, longest = prefix_groups(
-                plan, starts_host, store.slots, store.slots + store.room
+                plan, inputs.starts, store.slots, store.slots + store.room
             )
         (
             input_ids,
@@ -207,14 +192,14 @@ class PassRunner:
             prefix_lengths,
             *group_arrays,
         ) = self.to_device(
-            ids,
-            true_positions,
+            inputs.input_ids,
+            inputs.positions,
             plan.lengths,
-            starts_host,
-            score_at_host,
+            inputs.starts,
+            inputs.score_at,
             plan.score_targets,
             plan.score_into,
-            dist_at_host,
+            inputs.dist_at,
             plan.dist_rows,
             plan.capture_at,
             plan.capture_rows,
