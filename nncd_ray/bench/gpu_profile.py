@@ -47,9 +47,9 @@ from nncd_ray.bench.gpu import (
     bench_parser,
     build_models,
     quick_config,
-    time_scorer,
 )
 from nncd_ray.bench.machine import milliseconds, synchronize
+from nncd_ray.bench.scorer_timing import time_scorer, timed_scorer
 from nncd_ray.scorers.lm import LMScorer
 
 # kernel families, first match wins (CUDA kernel names, or CPU op names on a CPU)
@@ -231,13 +231,7 @@ def both_paths(
     device-only pairs/s of the same tiles planned beforehand, run again (shapes it has seen)."""
     per_path: dict[str, Any] = {}
     for cached in (True, False):
-        scorer = LMScorer(
-            str(model),
-            device=config.device,
-            dtype=config.dtype,
-            token_budget=config.token_budget,
-            prefix_cache=cached,
-        )
+        scorer = timed_scorer(model, config, cached=cached)
         timed, _ = time_scorer(model, rows, cols, config, cached=cached, scorer=scorer)
         seconds = device_seconds(scorer, rows, cols, config.tile)
         timed["device_seconds"] = seconds

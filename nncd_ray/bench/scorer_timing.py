@@ -32,6 +32,20 @@ class TimingConfig(Protocol):
     def repeat_seconds(self) -> float: ...
 
 
+def timed_scorer(
+    model: Path | None, config: TimingConfig, *, cached: bool, dtype: str | None = None
+) -> LMScorer:
+    """The scorer a timing runs: ``model`` (None: the embedded one) on the configuration's
+    device, dtype (unless ``dtype``) and token budget, prefix-cached or naive."""
+    return LMScorer(
+        None if model is None else str(model),
+        device=config.device,
+        dtype=dtype or config.dtype,
+        token_budget=config.token_budget,
+        prefix_cache=cached,
+    )
+
+
 def time_scorer(
     model: Path | None,
     rows: Sequence[str],
@@ -50,13 +64,7 @@ def time_scorer(
     (at least once), each from untokenized documents, and the median run is reported. Returns
     the figures and the (rows, cols) C(xy) in bits."""
     if scorer is None:
-        scorer = LMScorer(
-            None if model is None else str(model),
-            device=config.device,
-            dtype=dtype or config.dtype,
-            token_budget=config.token_budget,
-            prefix_cache=cached,
-        )
+        scorer = timed_scorer(model, config, cached=cached, dtype=dtype)
     synchronize(config.device)
     start = time.perf_counter()
     scorer.score_tile(list(rows[: config.tile]), list(cols[: config.tile]))
@@ -121,4 +129,4 @@ def _timed_run(
     return seconds, counted, pair
 
 
-__all__ = ["time_scorer"]
+__all__ = ["time_scorer", "timed_scorer"]
