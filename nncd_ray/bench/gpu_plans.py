@@ -38,15 +38,18 @@ def plan_counts(
     *,
     tile: int,
     packed: bool,
-    capacity: int,
+    device_memory: int,
 ) -> dict[str, Any]:
     """Passes and tokens of ``rows × cols`` in tiles of ``tile`` as ``scorer`` would plan them
-    on a GPU (its cost model for CUDA, ``capacity`` prefix slots), packed or padded."""
+    on a GPU with ``device_memory`` bytes (its cost model and prefix capacity there), packed or
+    padded."""
     import torch
 
-    from nncd_ray.scorers.lm.budget import pass_cost
+    from nncd_ray.scorers.lm.budget import pass_cost, prefix_capacity
 
-    cost = pass_cost(scorer.model, torch.device("cuda"))  # a device name: nothing runs there
+    cuda = torch.device("cuda")  # a device name: nothing runs there
+    cost = pass_cost(scorer.model, cuda)
+    capacity = prefix_capacity(scorer.model, cuda, device_memory=device_memory)
     runner = scorer._masked
     if runner is None:
         raise ValueError("this model has no batched path to plan")
@@ -73,13 +76,9 @@ def plan_counts(
 
 
 def run(config: GPUBenchConfig, *, budget: int, memory_gib: float) -> dict[str, Any]:
-    import torch
-
-    from nncd_ray.scorers.lm.budget import PREFIX_MEMORY_SHARE, prefix_slot_bytes
-
     queries, refs = _split("agnews-small", config.data)
     rows, cols = list(queries.texts[: config.rows]), list(refs.texts)
-    dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float32
+    device_memory = int(memory_gib * (1 << 30))
     results: dict[str, Any] = {
         "protocol": "agnews-small",
         "tile": config.tile,
@@ -95,11 +94,14 @@ def run(config: GPUBenchConfig, *, budget: int, memory_gib: float) -> dict[str, 
                     str(path), device="cpu", dtype=config.dtype, token_budget=budget,
                     prefix_cache=cached,
                 )  # fmt: skip
-                slot = prefix_slot_bytes(scorer.model.config, dtype)
-                capacity = int(memory_gib * (1 << 30) * PREFIX_MEMORY_SHARE) // slot
                 per_path[scorer.path] = {
                     layout: plan_counts(
-                        scorer, rows, cols, tile=config.tile, packed=packed, capacity=capacity
+                        scorer,
+                        rows,
+                        cols,
+                        tile=config.tile,
+                        packed=packed,
+                        device_memory=device_memory,
                     )
                     for layout, packed in (("padded", False), ("packed", True))
                 }

@@ -152,13 +152,17 @@ def auto_token_budget(model: Any, device: torch.device, *, fused_head: bool) -> 
     return max(GPU_MIN_BUDGET, min(ceiling, power))
 
 
-def prefix_capacity(model: Any, device: torch.device) -> int:
+def prefix_capacity(model: Any, device: torch.device, *, device_memory: int | None = None) -> int:
     """Prefix positions a tile may keep cached at once (over all its rows); computed once per
     scorer. In half precision it decides which rows share a pass, so, like the token budget, it
-    comes from the GPU's total memory, the same for every GPU of a kind."""
+    comes from the GPU's total memory, the same for every GPU of a kind. ``device_memory``
+    (bytes): a GPU's memory, free and total, instead of asking CUDA (a plan for another GPU)."""
     dtype = next(model.parameters()).dtype
     if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
+        if device_memory is None:
+            free, total = torch.cuda.mem_get_info(device)
+        else:
+            free = total = device_memory
         available = int((free if dtype == torch.float32 else total) * PREFIX_MEMORY_SHARE)
     else:
         available = CPU_PREFIX_BYTES
