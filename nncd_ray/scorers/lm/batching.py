@@ -227,16 +227,15 @@ def _pass_work(
     items = items_before[ends][:, None] - items_before[firsts]
     widest = np.maximum.accumulate(seg_width[firsts][:, ::-1], axis=1)[:, ::-1]
     if cost.packed:
-        tokens = tokens_before[ends][:, None] - tokens_before[firsts]
-        fits = (tokens <= budget) & (items * widest <= PACKED_HOST_BUDGETS * budget)
-        allowed = inside & (fits | (items == 1))
-        allowed[np.arange(len(ends)), ends - lo - 1] = True  # the last segment alone always fits
-        return np.where(allowed, tokens, np.inf)
-    longest = np.maximum.accumulate(seg_prefix[firsts][:, ::-1], axis=1)[:, ::-1]
-    fits = (items * widest <= budget) & (items * longest <= slot_budget)
+        work = tokens_before[ends][:, None] - tokens_before[firsts]
+        fits = (work <= budget) & (items * widest <= PACKED_HOST_BUDGETS * budget)
+    else:
+        longest = np.maximum.accumulate(seg_prefix[firsts][:, ::-1], axis=1)[:, ::-1]
+        fits = (items * widest <= budget) & (items * longest <= slot_budget)
+        work = items * cost.per_item(widest, longest)
     allowed = inside & (fits | (items == 1))
     allowed[np.arange(len(ends)), ends - lo - 1] = True  # the last segment alone always fits
-    return np.where(allowed, items * cost.per_item(widest, longest), np.inf)
+    return np.where(allowed, work, np.inf)
 
 
 def _candidate_cuts(
